@@ -1,0 +1,71 @@
+"""chatgpt-api-server: share a pool of ChatGPT/OpenAI accounts among an organisation's people."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+from flask import Flask
+
+from app import config, errors
+from app.pool import Pool
+from app.services import ChatService, ConversationService, UserService
+from app.store import JsonUserStore, SqlConversationStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(
+    settings: dict | None = None,
+    *,
+    settings_path: str | Path = "settings.json",
+    base_dir: str | Path | None = None,
+    admin_key: str | None = None,
+) -> Flask:
+    """Build the app from a settings dict (tests) or a settings file (first run writes one).
+
+    If there are no users yet, an admin is created with admin_key, else $ADMIN_API_KEY, else a
+    generated key; a generated key is left in app.config["CREATED_ADMIN_KEY"] for main.py to print
+    once.
+    """
+    if settings is None:
+        settings, _created = config.load(settings_path)
+    else:
+        settings = config.validate(settings, base_dir or Path.cwd())
+
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.config.update(
+        SECRET_KEY=settings["app_secret"] or os.urandom(32),
+        MAX_CONTENT_LENGTH=settings["max_body_bytes"],
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SETTINGS=settings,
+    )
+    app.json.sort_keys = False
+
+    users = JsonUserStore(config.resolve_path(settings, settings["users_file"]))
+    store = SqlConversationStore(config.database_url(settings))
+    pool = Pool(settings["accounts"], settings, store.next_cursor)
+    conversations = ConversationService(store)
+    services = SimpleNamespace(
+        users=UserService(users),
+        conversations=conversations,
+        chat=ChatService(store, pool, conversations, settings["max_prompt_chars"]),
+        pool=pool,
+        store=store,
+    )
+    app.extensions["services"] = services
+
+    wanted = admin_key or os.environ.get("ADMIN_API_KEY") or None
+    created = services.users.ensure_admin(wanted)
+    if created and created != wanted:
+        app.config["CREATED_ADMIN_KEY"] = created
+
+    errors.register(app)
+    from app.api.routes import register as register_api
+    from app.web.routes import register as register_web
+
+    register_api(app, settings["routes"])
+    register_web(app)
+    return app

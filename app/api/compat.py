@@ -1,0 +1,65 @@
+"""The original server's answer shapes, for scripts written against it."""
+
+from __future__ import annotations
+
+from flask import current_app, jsonify
+
+from app import auth
+from app.api.params import flag, request_params, text
+from app.errors import BadRequest
+
+
+def services():
+    return current_app.extensions["services"]
+
+
+def recall():
+    """No id: {id: {"title": ...}}; with an id: the conversation and its messages keyed by id."""
+    params = request_params()
+    principal = auth.principal(params)
+    conversation_id = text(params, "conversation_id", max_len=64)
+    if not conversation_id:
+        return jsonify(
+            {c["conversation_id"]: {"title": c["title"]} for c in services().conversations.all_summaries(principal)}
+        )
+    conv = services().conversations.get(principal, conversation_id)
+    return jsonify(
+        {
+            "conversation_id": conv["conversation_id"],
+            "conversation_title": conv["title"],
+            "messages": [
+                {m["message_id"]: {"prompt": m["prompt"], "reply": m["reply"], "origin_time": m["created_at"]}}
+                for m in conv["messages"]
+            ],
+        }
+    )
+
+
+def remove_conversation():
+    params = request_params()
+    principal = auth.principal(params)
+    conversation_id = text(params, "conversation_id", required=True, max_len=64)
+    services().conversations.delete(principal, conversation_id)
+    return jsonify({"status": "success", "message": f"conversation {conversation_id} removed"})
+
+
+def add_user():
+    """The original add-user: the key in admin or client, then userid, username, plus, is_client."""
+    params = request_params()
+    actor = auth.caller(params)
+    userid = text(params, "userid", max_len=64) or text(params, "user_id", max_len=64)
+    username = text(params, "username", max_len=64) or userid
+    if not username:
+        raise BadRequest("username (or userid) is required", param="username")
+    role = "client" if flag(params, "is_client") else "user"
+    user, key = services().users.create(actor, username, role=role, plus=flag(params, "plus"), user_id=userid)
+    return jsonify(
+        {"status": "success", "message": f"{role} {user.username} created", "user_id": user.user_id, "api_key": key}
+    ), 201
+
+
+VIEWS = {
+    "recall": (recall, ["GET", "POST"]),
+    "remove_conversation": (remove_conversation, ["GET", "POST"]),
+    "add_user": (add_user, ["GET", "POST"]),
+}

@@ -1,0 +1,76 @@
+"""Read parameters the same way on every /api route: query string, JSON body or form."""
+
+from __future__ import annotations
+
+from flask import request
+
+from app.errors import BadRequest
+
+TRUE = {"true", "1", "yes", "on"}
+FALSE = {"false", "0", "no", "off", ""}
+
+
+def request_params() -> dict:
+    """Merge the query string with a JSON object or form body (the body wins)."""
+    params = {k: v for k, v in request.args.items()}
+    if request.method in ("POST", "PATCH", "PUT", "DELETE") and request.content_length != 0:
+        if request.is_json:
+            body = request.get_json(silent=True)
+            if body is None and request.get_data(cache=True):
+                raise BadRequest("request body is not valid JSON")
+            if body is not None and not isinstance(body, dict):
+                raise BadRequest("request body must be a JSON object")
+            params.update(body or {})
+        elif request.form:
+            params.update(request.form.items())
+    return params
+
+
+def text(params: dict, name: str, required: bool = False, max_len: int = 1000) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"{name} is required", param=name)
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string", param=name)
+    if len(value) > max_len:
+        raise BadRequest(f"{name} is longer than {max_len} characters", param=name)
+    return value
+
+
+def flag(params: dict, name: str, default: bool = False) -> bool:
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
+        return value.strip().lower() in TRUE
+    raise BadRequest(f"{name} must be true or false (also 1/0, yes/no)", param=name)
+
+
+def choice(params: dict, name: str, options: tuple[str, ...], default: str) -> str:
+    value = params.get(name, default)
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    value = str(value).strip().lower()
+    aliases = {"1": "true", "yes": "true", "0": "false", "no": "false"}
+    value = aliases.get(value, value)
+    if value not in options:
+        raise BadRequest(f"{name} must be one of {', '.join(options)}", param=name)
+    return value
+
+
+def number(params: dict, name: str, default: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool):
+        raise BadRequest(f"{name} must be a whole number", param=name)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be a whole number", param=name) from None

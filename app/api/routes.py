@@ -1,0 +1,133 @@
+"""The /api routes. Paths come from settings ("routes"); each view parses, calls, shapes."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, jsonify, request
+
+from app import auth
+from app.api.params import choice, flag, number, request_params, text
+from app.pool import PLUS_MODES
+from app.render import render_markdown
+
+
+def services():
+    return current_app.extensions["services"]
+
+
+def chat():
+    params = request_params()
+    prompt = text(params, "prompt", required=True, max_len=services().chat.max_prompt_chars)
+    plus = choice(params, "plus", PLUS_MODES, "false")
+    reply_only, pretty = flag(params, "reply_only"), flag(params, "pretty")
+    access_token = text(params, "access_token", max_len=8192)
+    user_plus = flag(params, "user_plus")
+    principal = auth.principal(params, create=True)
+    answer = services().chat.ask(
+        principal,
+        prompt,
+        conversation_id=text(params, "conversation_id", max_len=64),
+        plus=plus,
+        access_token=access_token,
+        user_plus=user_plus,
+    )
+    if reply_only and pretty:
+        return Response(render_markdown(answer["reply"]), mimetype="text/html")
+    if reply_only:
+        return Response(answer["reply"], mimetype="text/plain")
+    return jsonify(answer)
+
+
+def conversations():
+    params = request_params()
+    principal = auth.principal(params)
+    if _method(params) == "DELETE":
+        return jsonify(services().conversations.delete_all(principal))
+    offset, limit = number(params, "offset", 0), number(params, "limit", 50)
+    return jsonify(services().conversations.list(principal, offset, limit))
+
+
+def conversation(conversation_id: str):
+    params = request_params()
+    principal = auth.principal(params)
+    method = _method(params)
+    if method == "DELETE":
+        return jsonify(services().conversations.delete(principal, conversation_id))
+    if method == "PATCH" or (method == "POST" and "title" in params):
+        title = text(params, "title", required=True, max_len=1000)
+        return jsonify(services().conversations.rename(principal, conversation_id, title))
+    return jsonify(services().conversations.get(principal, conversation_id))
+
+
+def users():
+    params = request_params()
+    actor = auth.caller(params)
+    if _method(params) == "POST":
+        user, key = services().users.create(
+            actor,
+            text(params, "username", required=True, max_len=64),
+            role=choice(params, "role", ("admin", "client", "user"), "user"),
+            plus=flag(params, "plus"),
+            user_id=text(params, "user_id", max_len=64),
+        )
+        return jsonify({"status": "success", **user.public(), "api_key": key}), 201
+    return jsonify({"users": [u.public() for u in services().users.list(actor)]})
+
+
+def user(user_id: str):
+    params = request_params()
+    actor = auth.caller(params)
+    if _method(params) == "DELETE":
+        removed = services().users.delete(actor, user_id)
+        return jsonify({"status": "success", "deleted": removed.user_id})
+    return jsonify(services().users.visible(actor, user_id).public())
+
+
+def user_key(user_id: str):
+    params = request_params()
+    updated, key = services().users.rotate_key(auth.caller(params), user_id)
+    return jsonify({"status": "success", "user_id": updated.user_id, "api_key": key})
+
+
+def me():
+    params = request_params()
+    return jsonify(auth.caller(params).public())
+
+
+def health():
+    pool = services().pool
+    enabled = [a for a in pool.accounts.values() if a.enabled]
+    return jsonify(
+        {
+            "status": "ok",
+            "accounts": len(enabled),
+            "demo_only": bool(enabled) and all(a.type == "demo" for a in enabled),
+        }
+    )
+
+
+def _method(params: dict) -> str:
+    """The HTTP method, which a POST may override with "_method" for clients that only POST."""
+    override = params.get("_method")
+    if request.method == "POST" and isinstance(override, str) and override.upper() in ("DELETE", "PATCH"):
+        return override.upper()
+    return request.method
+
+
+VIEWS = {
+    "chat": (chat, ["GET", "POST"]),
+    "conversations": (conversations, ["GET", "POST", "DELETE"]),
+    "conversation": (conversation, ["GET", "POST", "PATCH", "DELETE"]),
+    "users": (users, ["GET", "POST"]),
+    "user": (user, ["GET", "POST", "DELETE"]),
+    "user_key": (user_key, ["POST"]),
+    "me": (me, ["GET", "POST"]),
+    "health": (health, ["GET"]),
+}
+
+
+def register(app: Flask, routes: dict) -> None:
+    """Add every /api view at the path settings give it."""
+    from app.api import compat
+
+    for name, (view, methods) in {**VIEWS, **compat.VIEWS}.items():
+        app.add_url_rule(routes[name], endpoint=f"api.{name}", view_func=view, methods=methods)

@@ -1,0 +1,311 @@
+"""Load, check and (on first run) write settings.json.
+
+Defaults live here; a settings file only says what differs. Every key is checked: an unknown
+key, a wrong type, a malformed proxy URL or a duplicate account name stops start-up with a
+message that names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from app.errors import ConfigError
+
+ROUTE_DEFAULTS = {
+    "chat": "/api/chat",
+    "conversations": "/api/conversations",
+    "conversation": "/api/conversations/<conversation_id>",
+    "users": "/api/users",
+    "user": "/api/users/<user_id>",
+    "user_key": "/api/users/<user_id>/key",
+    "me": "/api/me",
+    "health": "/api/health",
+    "recall": "/api/recall",
+    "remove_conversation": "/api/remove-conversation",
+    "add_user": "/api/client/add-user",
+}
+
+DEFAULTS = {
+    "app_secret": "",
+    "host": "127.0.0.1",
+    "port": 5000,
+    "users_file": "users.json",
+    "database_url": "sqlite:///conversations.db",
+    "default_proxy": None,
+    "timeouts": {"connect": 10.0, "read": 120.0},
+    "max_body_bytes": 1_048_576,
+    "max_prompt_chars": 100_000,
+    "server": {"workers": 2, "threads": 32, "timeout": 600, "keepalive": 5},
+    "byo_account": {
+        "base_url": "https://chatgpt.com/backend-api",
+        "model": "auto",
+        "plus_model": "gpt-4o",
+        "proxy": None,
+    },
+    "routes": dict(ROUTE_DEFAULTS),
+    "accounts": [],
+}
+
+ACCOUNT_TYPES = {
+    "openai": {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "secret": "api_key"},
+    "chatgpt-web": {"base_url": "https://chatgpt.com/backend-api", "model": "auto", "secret": "access_token"},
+    "demo": {"base_url": "", "model": "demo", "secret": None},
+}
+
+ACCOUNT_KEYS = {
+    "name": str,
+    "type": str,
+    "api_key": str,
+    "access_token": str,
+    "base_url": str,
+    "model": str,
+    "plus": bool,
+    "proxy": (str, type(None)),
+    "enabled": bool,
+}
+
+PROXY_SCHEMES = ("socks5", "socks5h", "http", "https")
+NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class Account:
+    """One upstream account as settings describe it (secrets resolved, proxy applied)."""
+
+    name: str
+    type: str
+    base_url: str
+    model: str
+    plus: bool = False
+    enabled: bool = True
+    api_key: str = ""
+    access_token: str = ""
+    proxy: str | None = None
+
+    @property
+    def secret(self) -> str:
+        return self.api_key or self.access_token
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"Account(name={self.name!r}, type={self.type!r}, plus={self.plus}, enabled={self.enabled})"
+
+
+def _type_name(expected) -> str:
+    names = {
+        str: "a string",
+        bool: "true or false",
+        int: "a whole number",
+        dict: "an object",
+        list: "a list",
+        type(None): "null",
+    }
+    if isinstance(expected, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in expected if t is not float) or "a number"
+    return names.get(expected, expected.__name__)
+
+
+def _check_type(where: str, value, expected) -> None:
+    if expected is NUMBER:
+        ok = isinstance(value, NUMBER) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"{where}: must be a number, got {json.dumps(value)}")
+        return
+    bad_bool = isinstance(value, bool) and expected in (int, NUMBER)
+    if bad_bool or not isinstance(value, expected):
+        raise ConfigError(f"{where}: must be {_type_name(expected)}, got {json.dumps(value)[:60]}")
+
+
+def check_proxy(where: str, url: str | None) -> str | None:
+    """Return a usable proxy URL, None for no proxy, or raise naming the bad one."""
+    if url is None or url == "none":
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in PROXY_SCHEMES:
+        raise ConfigError(
+            f"{where}: proxy scheme must be one of {', '.join(PROXY_SCHEMES)} (got {parts.scheme or 'none'!r})"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1 or (parts.path not in ("", "/")):
+        raise ConfigError(f"{where}: malformed proxy URL (expected scheme://[user:pass@]host:port)")
+    if port is None:
+        raise ConfigError(f"{where}: proxy URL needs a port")
+    return url
+
+
+def _resolve_secret(where: str, value: str, required: bool = True) -> str:
+    """Allow "env:NAME" so secrets can live in the environment rather than the file."""
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ and not required:
+            return ""
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+def _check_account(index: int, raw, default_proxy: str | None) -> Account:
+    where = f"accounts[{index}]"
+    _check_type(where, raw, dict)
+    for key, value in raw.items():
+        if key.startswith("_"):  # "_comment" and friends document a file; they are not settings
+            continue
+        if key not in ACCOUNT_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(ACCOUNT_KEYS)})")
+        _check_type(f"{where}.{key}", value, ACCOUNT_KEYS[key])
+    for key in ("name", "type"):
+        if not raw.get(key):
+            raise ConfigError(f"{where}.{key}: required")
+    kind = raw["type"]
+    if kind not in ACCOUNT_TYPES:
+        raise ConfigError(f"{where}.type: must be one of {', '.join(ACCOUNT_TYPES)} (got {kind!r})")
+    spec = ACCOUNT_TYPES[kind]
+    for secret_key in ("api_key", "access_token"):
+        if secret_key in raw and secret_key != spec["secret"]:
+            raise ConfigError(f"{where}.{secret_key}: not used by type {kind!r}")
+    if kind == "chatgpt-web" and not raw.get("access_token"):
+        raise ConfigError(f"{where}.access_token: required for type 'chatgpt-web'")
+    proxy = raw.get("proxy", default_proxy)
+    enabled = raw.get("enabled", True)
+    return Account(
+        name=raw["name"],
+        type=kind,
+        base_url=(raw.get("base_url") or spec["base_url"]).rstrip("/"),
+        model=raw.get("model") or spec["model"],
+        plus=raw.get("plus", False),
+        enabled=enabled,
+        api_key=_resolve_secret(f"{where}.api_key", raw.get("api_key", ""), enabled),
+        access_token=_resolve_secret(f"{where}.access_token", raw.get("access_token", ""), enabled),
+        proxy=check_proxy(f"{where}.proxy", proxy),
+    )
+
+
+def _merge_section(where: str, defaults: dict, given, types: dict | None = None) -> dict:
+    _check_type(where, given, dict)
+    merged = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if key.startswith("_"):
+            continue
+        if key not in defaults:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(defaults)})")
+        expected = (types or {}).get(key) or _expected_for(defaults[key])
+        _check_type(f"{where}.{key}", value, expected)
+        merged[key] = value
+    return merged
+
+
+def _expected_for(default):
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return NUMBER
+    if default is None:
+        return (str, type(None))
+    return type(default)
+
+
+def validate(raw: dict, base_dir: Path | str = ".") -> dict:
+    """Return complete settings from a (possibly partial) dict, or raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError("settings: the top level must be a JSON object")
+    settings = copy.deepcopy(DEFAULTS)
+    for key, value in raw.items():
+        if key.startswith("_"):
+            continue
+        if key not in DEFAULTS:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(DEFAULTS)})")
+        if key in ("timeouts", "server", "byo_account"):
+            types = {"proxy": (str, type(None))} if key == "byo_account" else None
+            settings[key] = _merge_section(key, DEFAULTS[key], value, types)
+        elif key == "routes":
+            settings[key] = _merge_section(key, ROUTE_DEFAULTS, value)
+        elif key == "accounts":
+            _check_type(key, value, list)
+            settings[key] = value
+        else:
+            _check_type(key, value, _expected_for(DEFAULTS[key]))
+            settings[key] = value
+    for name, path in settings["routes"].items():
+        if not path.startswith("/"):
+            raise ConfigError(f"routes.{name}: must start with '/' (got {path!r})")
+    for name in ("connect", "read"):
+        if settings["timeouts"][name] <= 0:
+            raise ConfigError(f"timeouts.{name}: must be more than 0")
+    default_proxy = check_proxy("default_proxy", settings["default_proxy"])
+    byo = settings["byo_account"]
+    byo["proxy"] = check_proxy("byo_account.proxy", default_proxy if byo["proxy"] is None else byo["proxy"])
+    accounts = [_check_account(i, a, default_proxy) for i, a in enumerate(settings["accounts"])]
+    seen: set[str] = set()
+    for account in accounts:
+        if account.name in seen:
+            raise ConfigError(f"accounts: duplicate account name {account.name!r}")
+        seen.add(account.name)
+    settings["accounts"] = accounts
+    settings["base_dir"] = str(Path(base_dir).resolve())
+    return settings
+
+
+def resolve_path(settings: dict, value: str) -> Path:
+    """Resolve a file setting relative to the settings file's folder."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(settings["base_dir"]) / path
+
+
+def database_url(settings: dict) -> str:
+    """Return the database URL, with a relative SQLite path placed beside the settings file."""
+    url = settings["database_url"]
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(resolve_path(settings, url[len(prefix) :]))
+    return url
+
+
+def first_run_settings() -> dict:
+    """Return the settings a fresh install starts with: a secret and the demo account."""
+    return {
+        "app_secret": secrets.token_urlsafe(32),
+        "host": DEFAULTS["host"],
+        "port": DEFAULTS["port"],
+        "accounts": [{"name": "demo", "type": "demo"}],
+    }
+
+
+def write_private_json(path: Path, data: dict) -> None:
+    """Write JSON readable only by its owner (mode 0600), atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path | str) -> tuple[dict, bool]:
+    """Load settings from path, writing first-run settings if it is missing. Return (settings, created)."""
+    path = Path(path)
+    created = False
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private_json(path, first_run_settings())
+        created = True
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    settings = validate(raw, path.parent)
+    if not settings["app_secret"]:
+        raw["app_secret"] = secrets.token_urlsafe(32)
+        write_private_json(path, raw)
+        settings["app_secret"] = raw["app_secret"]
+    return settings, created

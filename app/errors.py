@@ -1,0 +1,120 @@
+"""The one exception tree, and the one place that turns it into HTTP answers.
+
+AppError                     any error a caller should see (status, code, message)
+├── BadRequest           400 a missing or invalid parameter (names it)
+├── Unauthorized         401 no key, or a key we do not know
+├── Forbidden            403 known caller, not allowed
+├── NotFound             404 unknown (or someone else's) conversation or user
+├── Conflict             409 already exists, last admin, pinned account gone
+├── PayloadTooLarge      413 body over the configured limit
+├── UpstreamError        502 the upstream answered with an error, or could not be reached
+├── NoAccountAvailable   503 no eligible account for the asked class
+└── UpstreamTimeout      504 the upstream or its proxy did not answer in time
+
+ConfigError                  settings.json is wrong; stops start-up (never reaches HTTP)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """Settings are invalid; the message names the key."""
+
+
+class AppError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class BadRequest(AppError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(AppError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(AppError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(AppError):
+    status, code = 404, "not_found"
+
+
+class Conflict(AppError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status, code = 413, "payload_too_large"
+
+
+class UpstreamError(AppError):
+    status, code = 502, "upstream_error"
+
+
+class NoAccountAvailable(AppError):
+    status, code = 503, "no_account_available"
+
+
+class UpstreamTimeout(AppError):
+    status, code = 504, "upstream_timeout"
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
+    """Build the JSON body every error uses."""
+    body = {"status": "error", "code": code, "message": message}
+    if param:
+        body["param"] = param
+    return body
+
+
+def _wants_json() -> bool:
+    path = request.path
+    if path.startswith(("/api", "/v1")):
+        return True
+    return request.accept_mimetypes.best == "application/json"
+
+
+def _respond(status: int, code: str, message: str, param: str | None = None) -> Response:
+    if _wants_json():
+        response = jsonify(error_body(status, code, message, param))
+    else:
+        response = Response(render_template("error.html", status=status, message=message), mimetype="text/html")
+    response.status_code = status
+    return response
+
+
+def register(app: Flask) -> None:
+    """Map every error to its status and a JSON (or HTML) body."""
+
+    @app.errorhandler(AppError)
+    def _app_error(exc: AppError):
+        return _respond(exc.status, exc.code, exc.message, exc.param)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            return _respond(413, "payload_too_large", f"request body is larger than {limit} bytes")
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return _respond(status, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _respond(500, "internal_error", "the server hit an unexpected error; it has been logged")

@@ -1,0 +1,204 @@
+"""Asking: pick or pin the account, send the turn, store it, and answer in the original's shape."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from app.errors import BadRequest, Conflict, Forbidden
+from app.pool import PLUS_MODES, Pool, token_hash
+from app.services.conversations import ConversationService
+from app.services.principal import Principal
+from app.store.conversations import Conversation, Message, SqlConversationStore
+from app.upstream import Delta, Done, Turn, Upstream
+
+TITLE_CHARS = 60
+
+
+def fallback_title(prompt: str) -> str:
+    """Make a title from the first prompt when the upstream gives none."""
+    words = " ".join(prompt.split())
+    return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+@dataclass
+class Plan:
+    """Where a turn goes and what it carries, decided before any byte leaves."""
+
+    upstream: Upstream
+    turn: Turn
+    conversation: Conversation | None
+    last: Message | None
+    token_hash: str | None
+
+
+class ChatService:
+    def __init__(
+        self, store: SqlConversationStore, pool: Pool, conversations: ConversationService, max_prompt_chars: int
+    ):
+        self.store = store
+        self.pool = pool
+        self.conversations = conversations
+        self.max_prompt_chars = max_prompt_chars
+
+    def ask(self, principal: Principal, prompt: str | None, **options) -> dict:
+        """Ask and wait for the whole reply; return the answer JSON."""
+        result = None
+        for event in self.ask_stream(principal, prompt, **options):
+            if isinstance(event, dict):
+                result = event
+        return result
+
+    def ask_stream(
+        self,
+        principal: Principal,
+        prompt: str | None,
+        conversation_id: str | None = None,
+        plus: str = "false",
+        access_token: str | None = None,
+        user_plus: bool = False,
+    ) -> Iterator[Delta | dict]:
+        """Check everything, then return a generator of Delta events ending with the answer JSON."""
+        plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
+        return self._run(principal, plan)
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def _plan(self, principal, prompt, conversation_id, plus, access_token, user_plus) -> Plan:
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise BadRequest("prompt is required", param="prompt")
+        if len(prompt) > self.max_prompt_chars:
+            raise BadRequest(f"prompt is longer than {self.max_prompt_chars} characters", param="prompt")
+        if plus not in PLUS_MODES:
+            raise BadRequest("plus must be true, false or any", param="plus")
+        if not principal.may_write:
+            raise Forbidden("admins may read other users' conversations but not chat as them")
+        if user_plus and access_token is None:
+            raise BadRequest("user_plus goes with access_token", param="user_plus")
+        digest = token_hash(access_token) if access_token else None
+        if not conversation_id:
+            upstream = (
+                self.pool.own_token(access_token, user_plus)
+                if access_token
+                else self.pool.pick(plus, principal.user.plus)
+            )
+            return Plan(upstream, Turn(prompt=prompt, model=upstream.account.model), None, None, digest)
+        conv = self.conversations.writable(principal, conversation_id)
+        if conv.token_hash:
+            if not access_token:
+                raise Conflict("this conversation runs on your own access token; send the same access_token")
+            if digest != conv.token_hash:
+                raise Forbidden("this access_token is not the one this conversation started with", param="access_token")
+            upstream = self.pool.own_token(access_token, user_plus)
+        else:
+            upstream = self.pool.pinned(conv.account_name)
+        history = self.store.messages(conv.conversation_id)
+        last = history[-1] if history else None
+        parent = next((m.upstream_message_id for m in reversed(history) if m.upstream_message_id), None)
+        turn = Turn(
+            prompt=prompt,
+            model=upstream.account.model,
+            history=[(m.prompt, m.reply) for m in history],
+            upstream_conversation_id=conv.upstream_conversation_id,
+            upstream_parent_id=parent,
+        )
+        return Plan(upstream, turn, conv, last, digest)
+
+    # -- doing ---------------------------------------------------------------------------
+
+    def _run(self, principal: Principal, plan: Plan) -> Iterator[Delta | dict]:
+        started, started_clock = time.time(), time.monotonic()
+        pieces: list[str] = []
+        done: Done | None = None
+        events = plan.upstream.stream(plan.turn)
+        try:
+            for event in events:
+                if isinstance(event, Done):
+                    done = event
+                else:
+                    pieces.append(event.text)
+                    yield event
+        except GeneratorExit:  # the caller went away mid-reply: keep what came, marked cut short
+            if done is None and pieces:
+                self._store(principal, plan, "".join(pieces), None, started, complete=False)
+            raise
+        finally:
+            events.close()  # closes the upstream connection at once, not when garbage is collected
+        message, conv = self._store(principal, plan, "".join(pieces), done, started, complete=True)
+        yield self._answer(principal, plan, message, conv, done, started, started_clock)
+
+    def _store(
+        self, principal, plan: Plan, reply: str, done: Done | None, started: float, complete: bool
+    ) -> tuple[Message, Conversation]:
+        finished = time.time()
+        account = plan.upstream.account
+        message = Message(
+            message_id=str(uuid.uuid4()),
+            conversation_id=plan.conversation.conversation_id if plan.conversation else str(uuid.uuid4()),
+            parent_id=plan.last.message_id if plan.last else None,
+            prompt=plan.turn.prompt,
+            reply=reply,
+            model=done.model if done else plan.turn.model,
+            account_name=None if plan.token_hash else account.name,
+            upstream_message_id=done.upstream_message_id if done else None,
+            complete=complete,
+            created_at=started,
+            completed_at=finished,
+        )
+        upstream_conv = done.upstream_conversation_id if done else None
+        if plan.conversation:
+            self.store.add_message(message, upstream_conv)
+            return message, plan.conversation
+        title = (plan.upstream.title(plan.turn, done) if done else None) or fallback_title(plan.turn.prompt)
+        conv = Conversation(
+            conversation_id=message.conversation_id,
+            owner_id=principal.user.user_id,
+            title=title,
+            account_name=message.account_name,
+            token_hash=plan.token_hash,
+            upstream_conversation_id=upstream_conv,
+            created_at=started,
+            updated_at=finished,
+            message_count=1,
+        )
+        self.store.create(conv, message)
+        return message, conv
+
+    def _answer(
+        self,
+        principal,
+        plan: Plan,
+        message: Message,
+        conv: Conversation,
+        done: Done,
+        started: float,
+        started_clock: float,
+    ) -> dict:
+        origin = datetime.fromtimestamp(started, UTC)
+        answer = {
+            "status": "success",
+            "reply": message.reply,
+            "conversation_id": conv.conversation_id,
+            "message_id": message.message_id,
+            "parent_id": message.parent_id,
+            "conversation_title": conv.title,
+            "model": message.model,
+            "account": plan.upstream.account.name if not plan.token_hash else "own access token",
+            "finish_reason": done.finish_reason,
+            "usage": done.usage,
+            "api_user": principal.user.user_id,
+            "api_username": principal.user.username,
+            "api_client_id": principal.client_id,
+            "api_prompt": plan.turn.prompt,
+            "api_prompt_time_origin": origin.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "api_prompt_time_origin_readable": origin.strftime("%Y-%m-%d | %H:%M:%S"),
+            "api_response_time_taken": round(time.monotonic() - started_clock, 3),
+        }
+        if plan.last:
+            answer["last_message_prompt"] = plan.last.prompt
+            answer["last_message_reply"] = plan.last.reply
+        return answer

@@ -1,0 +1,182 @@
+"""Users and keys: who may create, list, delete and rotate whom.
+
+admin  — creates, lists, deletes and rotates anyone (never the last admin).
+client — creates plain users it owns (plus only if it is plus itself); lists, deletes, rotates
+         only those; may speak for one of them by its own id for that person.
+user   — rotates its own key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from datetime import UTC, datetime
+
+from app.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from app.store.users import ROLES, User, UserStore
+
+KEY_PREFIX = "cas-"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
+MAX_USERNAME = 64
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """Hash a key for storage; keys are 256 random bits, so one SHA-256 is enough to keep them safe."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_username(username: str | None) -> str:
+    username = (username or "").strip()
+    if not username:
+        raise BadRequest("username is required", param="username")
+    if len(username) > MAX_USERNAME or any(ord(c) < 32 for c in username):
+        raise BadRequest(f"username must be 1-{MAX_USERNAME} printable characters", param="username")
+    return username
+
+
+def check_id(value: str, param: str = "user_id") -> str:
+    if not ID_PATTERN.match(value):
+        raise BadRequest(f"{param} must be 1-64 letters, digits or _ . @ : -", param=param)
+    return value
+
+
+class UserService:
+    def __init__(self, store: UserStore):
+        self.store = store
+
+    # -- authentication ------------------------------------------------------------------
+
+    def authenticate(self, key: str | None) -> User:
+        if not key:
+            raise Unauthorized("no API key: send 'Authorization: Bearer KEY' or the 'user' parameter")
+        user = self.store.get_by_key_hash(hash_key(key))
+        if user is None:
+            raise Unauthorized("unknown API key")
+        return user
+
+    def ensure_admin(self, key: str | None = None) -> str | None:
+        """Create the first admin if there are no users; return its key (None if none was made)."""
+        if self.store.count():
+            return None
+        key = key or new_key()
+        self.store.add(
+            User(
+                user_id="admin",
+                username="admin",
+                role="admin",
+                plus=True,
+                key_hash=hash_key(key),
+                created_by=None,
+                external_id=None,
+                created_at=now_iso(),
+            )
+        )
+        return key
+
+    # -- creating ------------------------------------------------------------------------
+
+    def create(
+        self, actor: User, username: str | None, role: str = "user", plus: bool = False, user_id: str | None = None
+    ) -> tuple[User, str]:
+        """Create a user as actor allows; return it with its key (shown only now)."""
+        username = check_username(username)
+        if role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+        if actor.role == "user":
+            raise Forbidden("users cannot create users; ask an admin or your client")
+        external_id = None
+        if actor.role == "client":
+            if role != "user":
+                raise Forbidden("clients can create only users, not clients or admins", param="role")
+            if plus and not actor.plus:
+                raise Forbidden("a client without plus cannot grant plus", param="plus")
+            external_id = check_id(user_id) if user_id else None
+            user_id = None
+        new_id = check_id(user_id) if user_id else f"u-{uuid.uuid4().hex[:16]}"
+        key = new_key()
+        user = User(
+            user_id=new_id,
+            username=username,
+            role=role,
+            plus=bool(plus),
+            key_hash=hash_key(key),
+            created_by=actor.user_id,
+            external_id=external_id,
+            created_at=now_iso(),
+        )
+        return self.store.add(user), key
+
+    def speak_for(self, client: User, external_id: str, username: str | None, plus: bool | None, create: bool) -> User:
+        """Find the user a client knows by its own id, creating it when create is set."""
+        check_id(external_id)
+        user = self.store.find_external(client.user_id, external_id)
+        if user is None:
+            candidate = self.store.get(external_id)
+            if candidate is not None and candidate.created_by == client.user_id:
+                user = candidate
+        if user is not None:
+            if plus and not user.plus:
+                raise Forbidden("this user is not plus", param="user_id_plus")
+            return user
+        if not create:
+            raise NotFound(f"no user {external_id!r} among this client's users", param="user_id")
+        try:
+            user, _key = self.create(client, username or external_id, "user", bool(plus), external_id)
+        except Conflict:  # created by a concurrent request a moment ago
+            user = self.store.find_external(client.user_id, external_id)
+            if user is None:
+                raise
+        return user
+
+    # -- reading and changing --------------------------------------------------------------
+
+    def visible(self, actor: User, user_id: str) -> User:
+        """Return a user actor may manage, or NotFound (others' users are not even named)."""
+        if actor.role == "admin":
+            user = self.store.get(user_id)
+        elif actor.role == "client":
+            user = self.store.find_external(actor.user_id, user_id)
+            if user is None:
+                candidate = self.store.get(user_id)
+                user = candidate if candidate and candidate.created_by == actor.user_id else None
+        else:
+            user = actor if user_id == actor.user_id else None
+            if user is None:
+                raise Forbidden("users can manage only themselves")
+        if user is None:
+            raise NotFound(f"no user {user_id!r}", param="user_id")
+        return user
+
+    def list(self, actor: User) -> list[User]:
+        if actor.role == "admin":
+            return self.store.list()
+        if actor.role == "client":
+            return self.store.list(created_by=actor.user_id)
+        raise Forbidden("users cannot list users")
+
+    def delete(self, actor: User, user_id: str) -> User:
+        if actor.role == "user":
+            raise Forbidden("users cannot delete users")
+        target = self.visible(actor, user_id)
+
+        def keep_an_admin(user: User, everyone: list[User]) -> None:
+            admins = [u for u in everyone if u.role == "admin"]
+            if user.role == "admin" and len(admins) <= 1:
+                raise Conflict("cannot delete the last admin")
+
+        return self.store.delete(target.user_id, guard=keep_an_admin)
+
+    def rotate_key(self, actor: User, user_id: str) -> tuple[User, str]:
+        target = self.visible(actor, user_id)
+        key = new_key()
+        return self.store.set_key_hash(target.user_id, hash_key(key)), key

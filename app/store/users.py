@@ -1,0 +1,74 @@
+"""The user record and the narrow interface every user store implements."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ROLES = ("admin", "client", "user")
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    username: str
+    role: str
+    plus: bool
+    key_hash: str
+    created_by: str | None
+    external_id: str | None
+    created_at: str
+
+    def replace(self, **changes) -> User:
+        return dataclasses.replace(self, **changes)
+
+    def public(self) -> dict:
+        """Return the fields a caller may see (never the key hash)."""
+        return {
+            "user_id": self.user_id,
+            "username": self.username,
+            "role": self.role,
+            "plus": self.plus,
+            "created_by": self.created_by,
+            "external_id": self.external_id,
+            "created_at": self.created_at,
+        }
+
+
+class UserStore(ABC):
+    @abstractmethod
+    def get(self, user_id: str) -> User | None:
+        """Return the user with this id, or None."""
+
+    @abstractmethod
+    def get_by_key_hash(self, key_hash: str) -> User | None:
+        """Return the user whose key hashes to key_hash, or None."""
+
+    @abstractmethod
+    def list(self, created_by: str | None = None) -> list[User]:
+        """Return all users (or those one creator made), oldest first."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Return how many users there are."""
+
+    @abstractmethod
+    def add(self, user: User) -> User:
+        """Add a user; Conflict if its id, or its (creator, external id), is taken."""
+
+    @abstractmethod
+    def delete(self, user_id: str, guard: Callable[[User, list[User]], None] | None = None) -> User:
+        """Delete a user after guard(user, all_users) has not raised, atomically; NotFound if absent."""
+
+    @abstractmethod
+    def set_key_hash(self, user_id: str, key_hash: str) -> User:
+        """Replace a user's key hash."""
+
+    def find_external(self, created_by: str, external_id: str) -> User | None:
+        """Return the user a client knows by its own id, or None."""
+        for user in self.list(created_by=created_by):
+            if user.external_id == external_id:
+                return user
+        return None

@@ -1,0 +1,83 @@
+"""Chat Completions (`POST {base_url}/chat/completions`): OpenAI and every compatible server.
+
+Stateless: the stored history goes up with each new prompt. The reply is always streamed from
+the upstream, so the first piece can be passed on as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from app.errors import UpstreamError
+from app.upstream.base import Delta, Done, Turn, Upstream
+from app.upstream.http import upstream_message
+
+
+def chat_messages(turn: Turn) -> list[dict]:
+    """Turn stored history and the new prompt into Chat Completions messages."""
+    messages = []
+    for prompt, reply in turn.history:
+        messages.append({"role": "user", "content": prompt})
+        messages.append({"role": "assistant", "content": reply})
+    messages.append({"role": "user", "content": turn.prompt})
+    return messages
+
+
+class OpenAIUpstream(Upstream):
+    def stream(self, turn: Turn) -> Iterator[Delta | Done]:
+        payload = {
+            "model": turn.model,
+            "messages": chat_messages(turn),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        headers = {"Accept": "text/event-stream"}
+        if self.account.api_key:
+            headers["Authorization"] = f"Bearer {self.account.api_key}"
+        response = self.http.post(f"{self.account.base_url}/chat/completions", payload, headers)
+        if "text/event-stream" not in response.headers.get("Content-Type", ""):
+            yield from self._whole(response)  # a server that ignored "stream": one JSON answer
+            return
+        model, usage, finish, reply_id = turn.model, None, "stop", None
+        for data in self.http.sse_data(response):
+            chunk = self._parse(data)
+            model = chunk.get("model") or model
+            reply_id = chunk.get("id") or reply_id
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield Delta(text)
+                finish = choice.get("finish_reason") or finish
+        yield Done(model=model, upstream_message_id=reply_id, usage=usage, finish_reason=finish)
+
+    def _parse(self, data: str) -> dict:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError(f"account {self.account.name!r}: the upstream sent a malformed event") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(f"account {self.account.name!r}: the upstream sent a malformed event")
+        if chunk.get("error"):
+            message = upstream_message(chunk) or "unknown error"
+            raise UpstreamError(
+                f"account {self.account.name!r}: the upstream failed mid-reply: {self.http.scrub(message)}"
+            )
+        return chunk
+
+    def _whole(self, response) -> Iterator[Delta | Done]:
+        try:
+            body = self._parse(response.content.decode("utf-8", "replace"))
+        finally:
+            response.close()
+        choice = (body.get("choices") or [{}])[0]
+        text = (choice.get("message") or {}).get("content") or ""
+        if text:
+            yield Delta(text)
+        yield Done(
+            model=body.get("model") or self.account.model,
+            upstream_message_id=body.get("id"),
+            usage=body.get("usage"),
+            finish_reason=choice.get("finish_reason") or "stop",
+        )

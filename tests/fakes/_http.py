@@ -1,0 +1,169 @@
+"""Provide the HTTP/1.1 plumbing shared by the fake OpenAI and ChatGPT web servers."""
+
+from __future__ import annotations
+
+import json
+import socketserver
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from ._common import HOST, BackgroundServer, TrackingServerMixin
+
+
+class FakeHTTPServer(TrackingServerMixin, ThreadingHTTPServer):
+    """Serve one fake on 127.0.0.1 with tracked, daemon handler threads."""
+
+    def __init__(self, owner, handler_class) -> None:
+        self.owner = owner
+        self.init_tracking()
+        super().__init__((HOST, 0), handler_class)
+
+    def server_bind(self) -> None:
+        """Bind without the reverse DNS lookup HTTPServer does."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class FakeHTTPService(BackgroundServer):
+    """Hold the recorded requests and the server of one HTTP fake."""
+
+    handler_class: type[BaseHTTPRequestHandler]
+    url_path = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict] = []
+
+    def _make_server(self) -> FakeHTTPServer:
+        return FakeHTTPServer(self, self.handler_class)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base_url + self.url_path
+
+    def record(self, entry: dict) -> None:
+        """Append one request record, thread-safely."""
+        with self._lock:
+            self.requests.append(entry)
+
+    def take_failure(self) -> int | None:
+        """Return the status this request must fail with (self.fail_status), counting down fail_times."""
+        with self._lock:
+            status, times = getattr(self, "fail_status", None), getattr(self, "fail_times", None)
+            if status is None or (times is not None and times <= 0):
+                return None
+            if times is not None:
+                self.fail_times = times - 1
+            return status
+
+    def requests_to(self, path: str) -> list[dict]:
+        """Return the recorded requests whose path is path."""
+        with self._lock:
+            return [r for r in self.requests if r["path"] == path]
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    """Read JSON, answer JSON or a chunked event stream, keep connections alive."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeUpstream/1.0"
+    sys_version = ""
+    server: FakeHTTPServer
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class names it so
+        """Keep test output clean."""
+
+    @property
+    def owner(self):
+        return self.server.owner
+
+    @property
+    def route(self) -> str:
+        return urlsplit(self.path).path
+
+    def read_body(self) -> bytes:
+        """Read the request body, by Content-Length or chunked framing."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def read_and_record(self) -> tuple[dict, object]:
+        """Read the body, record the request and return (record, parsed JSON or None)."""
+        raw = self.read_body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        entry = {
+            "method": self.command,
+            "path": self.route,
+            "query": urlsplit(self.path).query,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body,
+        }
+        self.owner.record(entry)
+        return entry, body
+
+    def bearer(self) -> str:
+        """Return the bearer token of the request, or ""."""
+        value = self.headers.get("Authorization", "")
+        scheme, _, token = value.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+
+    def pause(self, seconds: float | None) -> bool:
+        """Sleep unless the server stops first; return False if it is stopping."""
+        if seconds and seconds > 0:
+            return not self.server.stopping.wait(seconds)
+        return not self.server.stopping.is_set()
+
+    def send_json(self, status: int, obj, headers: dict | None = None) -> None:
+        """Answer a complete JSON document with Content-Length."""
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def begin_stream(self) -> None:
+        """Send the headers of a chunked text/event-stream answer."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def send_event(self, data, event: str | None = None) -> None:
+        """Send one server-sent event as one chunk; data is JSON-encoded unless it is a str."""
+        text = data if isinstance(data, str) else json.dumps(data)
+        frame = (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
+        payload = frame.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+    def end_stream(self) -> None:
+        """Send the last chunk of a chunked answer."""
+        self.wfile.write(b"0\r\n\r\n")
+
+    def do_GET(self) -> None:
+        self.dispatch()
+
+    def do_POST(self) -> None:
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        raise NotImplementedError
