@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, request, session
+from flask import current_app, request
 
 from app.api.params import flag, text
 from app.errors import Forbidden
@@ -14,7 +14,7 @@ KEY_PARAMS = ("user", "api_key", "client", "admin")
 
 
 def request_key(params: dict) -> str | None:
-    """Return the API key from the Bearer header, a key parameter or the web session."""
+    """Return the API key from the Bearer header or a key parameter."""
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
@@ -22,7 +22,7 @@ def request_key(params: dict) -> str | None:
         value = params.get(name)
         if isinstance(value, str) and value:
             return value
-    return session.get("api_key")
+    return None
 
 
 def caller(params: dict) -> User:

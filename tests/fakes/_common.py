@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import sys
@@ -65,10 +66,8 @@ class TrackingServerMixin:
         with self._track_lock:
             sockets = list(self._tracked_sockets)
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.server_close()
         deadline = time.monotonic() + join_timeout
         with self._track_lock:
@@ -93,8 +92,10 @@ class BackgroundServer:
         if self._server is None:
             self._server = self._make_server()
             self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                name=f"{type(self).__name__}-{self.port}", daemon=True,
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"{type(self).__name__}-{self.port}",
+                daemon=True,
             )
             self._thread.start()
         return self

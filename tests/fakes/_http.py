@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socketserver
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -159,11 +160,29 @@ class FakeHandler(BaseHTTPRequestHandler):
         """Send the last chunk of a chunked answer."""
         self.wfile.write(b"0\r\n\r\n")
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._responded = True
+        super().send_response(code, message)
+
     def do_GET(self) -> None:
-        self.dispatch()
+        self.safe_dispatch()
 
     def do_POST(self) -> None:
-        self.dispatch()
+        self.safe_dispatch()
+
+    def safe_dispatch(self) -> None:
+        """Dispatch; a bug in the fake or in a test's reply_text callable becomes a 500 with a traceback."""
+        self._responded = False
+        try:
+            self.dispatch()
+        except OSError:
+            raise
+        except Exception as exc:
+            traceback.print_exc()
+            if self._responded:
+                self.close_connection = True
+                return
+            self.send_json(500, {"error": {"message": f"fake server error: {exc!r}"}, "detail": repr(exc)})
 
     def dispatch(self) -> None:
         raise NotImplementedError

@@ -11,7 +11,9 @@ TITLE_PREFIX = "/backend-api/conversation/gen_title/"
 
 def _prompt_of(body) -> str | None:
     """Return the text of the last (user) message of a conversation request, or None if malformed."""
-    if not isinstance(body, dict) or body.get("action") != "next" or not isinstance(body.get("messages"), list):
+    if not isinstance(body, dict) or body.get("action") != "next":
+        return None
+    if not isinstance(body.get("messages"), list):
         return None
     try:
         message = body["messages"][-1]
@@ -37,7 +39,7 @@ class _WebHandler(FakeHandler):
             self.send_json(401, {"detail": "invalid token"})
             return
         if is_title:
-            self.gen_title(token, self.route[len(TITLE_PREFIX):], body)
+            self.gen_title(token, self.route[len(TITLE_PREFIX) :], body)
             return
         failure = fake.take_failure()
         if failure is not None:
@@ -96,10 +98,14 @@ class _WebHandler(FakeHandler):
             metadata = {"model_slug": model}
             if done:
                 metadata["finish_details"] = {"type": "stop"}
-            message = {"id": msg_id, "author": {"role": "assistant"},
-                       "content": {"content_type": "text", "parts": [text]},
-                       "status": "finished_successfully" if done else "in_progress",
-                       "end_turn": True if done else None, "metadata": metadata}
+            message = {
+                "id": msg_id,
+                "author": {"role": "assistant"},
+                "content": {"content_type": "text", "parts": [text]},
+                "status": "finished_successfully" if done else "in_progress",
+                "end_turn": True if done else None,
+                "metadata": metadata,
+            }
             return {"message": message, "conversation_id": cid, "error": None}
 
         size = max(1, int(fake.chunk_size))
@@ -115,8 +121,12 @@ class _WebHandler(FakeHandler):
                     return
                 self.send_event(data)
                 if index == 0:
-                    moderation = {"type": "moderation", "conversation_id": cid, "message_id": msg_id,
-                                  "moderation_response": {"flagged": False, "blocked": False}}
+                    moderation = {
+                        "type": "moderation",
+                        "conversation_id": cid,
+                        "message_id": msg_id,
+                        "moderation_response": {"flagged": False, "blocked": False},
+                    }
                     self.send_event(moderation, event="ping")
         self.send_event("[DONE]")
         self.end_stream()

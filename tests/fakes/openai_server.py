@@ -27,12 +27,12 @@ class _OpenAIHandler(FakeHandler):
         _, body = self.read_and_record()
         routes = {("POST", "/v1/chat/completions"), ("GET", "/v1/models")}
         if (self.command, self.route) not in routes:
-            self.send_error_json(404, f"Unknown request URL: {self.command} {self.route}", "invalid_request_error")
+            self.send_error_json(404, f"Unknown request URL: {self.command} {self.route}")
             return
         if not self.pause(fake.delay):
             return
         if fake.require_key is not None and self.bearer() != fake.require_key:
-            self.send_error_json(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            self.send_error_json(401, "Incorrect API key provided.", code="invalid_api_key")
             return
         failure = fake.take_failure()
         if failure is not None:
@@ -42,7 +42,7 @@ class _OpenAIHandler(FakeHandler):
             self.send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
             return
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            self.send_error_json(400, "The request body must be JSON with a 'messages' list.", "invalid_request_error")
+            self.send_error_json(400, "The request body must be JSON with a 'messages' list.")
             return
         reply = fake.reply_for(body)
         if body.get("stream"):
@@ -50,17 +50,25 @@ class _OpenAIHandler(FakeHandler):
         else:
             self.send_json(200, fake.completion(body, reply))
 
-    def send_error_json(self, status: int, message: str, kind: str, code: str | None = None) -> None:
+    def send_error_json(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+    ) -> None:
         self.send_json(status, {"error": {"message": message, "type": kind, "param": None, "code": code}})
 
     def stream_reply(self, body: dict, reply: str) -> None:
         fake: FakeOpenAI = self.owner
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), body.get("model") or "fake-model"
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        model = body.get("model") or "fake-model"
 
         def chunk(delta: dict, finish: str | None = None, choices: bool = True) -> dict:
-            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            data = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
             if not choices:
                 data["choices"] = []
             if include_usage:
@@ -68,7 +76,7 @@ class _OpenAIHandler(FakeHandler):
             return data
 
         size = max(1, int(fake.chunk_size))
-        pieces = [reply[i:i + size] for i in range(0, len(reply), size)]
+        pieces = [reply[i : i + size] for i in range(0, len(reply), size)]
         self.begin_stream()
         self.send_event(chunk({"role": "assistant", "content": "", "refusal": None}))
         if fake.error_in_stream is not None:
@@ -122,7 +130,8 @@ class FakeOpenAI(FakeHTTPService):
     @staticmethod
     def usage(body: dict, reply: str) -> dict:
         """Count tokens as whitespace-separated words."""
-        prompt = sum(_words(_text_of(m.get("content"))) for m in body.get("messages", []) if isinstance(m, dict))
+        messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+        prompt = sum(_words(_text_of(m.get("content"))) for m in messages)
         completion = _words(reply)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -133,7 +142,13 @@ class FakeOpenAI(FakeHTTPService):
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model") or "fake-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": self.usage(body, reply),
         }

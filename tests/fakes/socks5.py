@@ -23,7 +23,7 @@ class _TCPServer(TrackingServerMixin, socketserver.ThreadingTCPServer):
 
 
 class _Closed(Exception):
-    """The client went away or broke the protocol."""
+    """Signal that the client went away mid-handshake."""
 
 
 class _Socks5Handler(socketserver.BaseRequestHandler):
@@ -56,9 +56,9 @@ class _Socks5Handler(socketserver.BaseRequestHandler):
         methods = self.recv_exact(count)
         wanted = 0x02 if owner.username is not None else 0x00
         if wanted not in methods:
-            self.request.sendall(b"\x05\xff")
             if wanted == 0x02:
                 owner._count_auth_failure()
+            self.request.sendall(b"\x05\xff")
             return False
         self.request.sendall(bytes([5, wanted]))
         if wanted == 0x00:
@@ -67,16 +67,17 @@ class _Socks5Handler(socketserver.BaseRequestHandler):
         username = self.recv_exact(length).decode("utf-8", "replace")
         password = self.recv_exact(self.recv_exact(1)[0]).decode("utf-8", "replace")
         if version != 1 or (username, password) != (owner.username, owner.password):
-            self.request.sendall(b"\x01\x01")
             owner._count_auth_failure()
+            self.request.sendall(b"\x01\x01")
             return False
         self.request.sendall(b"\x01\x00")
         return True
 
     def reply(self, status: int, bound: tuple | None = None) -> None:
-        address = ipaddress.ip_address(bound[0] if bound else "0.0.0.0")
+        host, port = bound or ("0.0.0.0", 0)
+        address = ipaddress.ip_address(host)
         atyp = 0x01 if address.version == 4 else 0x04
-        self.request.sendall(bytes([5, status, 0, atyp]) + address.packed + struct.pack("!H", bound[1] if bound else 0))
+        self.request.sendall(bytes([5, status, 0, atyp]) + address.packed + struct.pack("!H", port))
 
     def connect(self) -> socket.socket | None:
         """Read the request and open the upstream connection; None after a refusal."""
@@ -139,7 +140,12 @@ class _Socks5Handler(socketserver.BaseRequestHandler):
 class Socks5Server(BackgroundServer):
     """Proxy CONNECT requests over SOCKS5, optionally demanding a username and password."""
 
-    def __init__(self, username: str | None = None, password: str | None = None, connect_timeout: float = 5.0):
+    def __init__(
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
         super().__init__()
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
@@ -160,7 +166,9 @@ class Socks5Server(BackgroundServer):
             self.auth_failures += 1
 
     def _url(self, scheme: str) -> str:
-        credentials = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@" if self.username is not None else ""
+        credentials = ""
+        if self.username is not None:
+            credentials = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
         return f"{scheme}://{credentials}{HOST}:{self.port}"
 
     @property

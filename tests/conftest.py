@@ -1,0 +1,127 @@
+"""Fixtures that read like the domain: a live server on 127.0.0.1, and admin, client and user keys.
+
+Every app is built from a settings dict in a temporary folder, never from the repo's own
+settings.json, and served over real HTTP by a threaded WSGI server.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+import requests
+from werkzeug import serving
+
+from app import create_app
+
+ADMIN_KEY = "cas-test-admin-key-0123456789"
+DEMO = [{"name": "demo", "type": "demo"}]
+
+
+@dataclass
+class LiveServer:
+    """An app served on 127.0.0.1 at an ephemeral port."""
+
+    app: object
+    url: str = ""
+    _server: object = None
+    _thread: threading.Thread | None = None
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def start(self) -> LiveServer:
+        self.session.trust_env = False
+        self._server = serving.make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        services = self.app.extensions["services"]
+        services.pool.close()
+        services.store.close()
+        self.session.close()
+
+    @property
+    def services(self):
+        return self.app.extensions["services"]
+
+    def call(self, method: str, path: str, key: str | None = None, **kwargs) -> requests.Response:
+        """Send a request; key goes in the Authorization header."""
+        headers = kwargs.pop("headers", {})
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, self.url + path, headers=headers, **kwargs)
+
+    def get(self, path: str, key: str | None = None, **kwargs) -> requests.Response:
+        return self.call("GET", path, key, **kwargs)
+
+    def post(self, path: str, key: str | None = None, **kwargs) -> requests.Response:
+        return self.call("POST", path, key, **kwargs)
+
+    def chat(self, key: str, prompt: str, **params) -> dict:
+        """POST /api/chat and return the JSON answer, asserting success."""
+        response = self.post("/api/chat", key, json={"prompt": prompt, **params})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def create_user(self, key: str, username: str, **fields) -> dict:
+        """POST /api/users and return the answer (with api_key), asserting 201."""
+        response = self.post("/api/users", key, json={"username": username, **fields})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+def settings_for(tmp_path, accounts=None, **overrides) -> dict:
+    """Return a settings dict whose files live in tmp_path."""
+    settings = {
+        "accounts": DEMO if accounts is None else accounts,
+        "users_file": str(tmp_path / "users.json"),
+        "database_url": f"sqlite:///{tmp_path / 'conversations.db'}",
+        "timeouts": {"connect": 2, "read": 5},
+    }
+    settings.update(overrides)
+    return settings
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    """Return a function that starts a live server from accounts and setting overrides."""
+    started: list[LiveServer] = []
+
+    def make(accounts=None, admin_key: str = ADMIN_KEY, **overrides) -> LiveServer:
+        app = create_app(settings_for(tmp_path, accounts, **overrides), base_dir=tmp_path, admin_key=admin_key)
+        server = LiveServer(app).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server) -> LiveServer:
+    """A live server with only the demo account."""
+    return make_server()
+
+
+@pytest.fixture
+def admin() -> str:
+    return ADMIN_KEY
+
+
+@pytest.fixture
+def client_role(server, admin) -> dict:
+    """A client (like a Discord bot) made by the admin, without plus: {'user_id', 'api_key', ...}."""
+    return server.create_user(admin, "discord-bot", role="client")
+
+
+@pytest.fixture
+def user(server, admin) -> dict:
+    """A plain user made by the admin, without plus."""
+    return server.create_user(admin, "alice")
