@@ -153,14 +153,20 @@ def _resolve_secret(where: str, value: str, required: bool = True) -> str:
     return value
 
 
+def _known_items(where: str, known, given: dict):
+    """Yield the (key, value) pairs of given, skipping "_comment"-style keys; raise on an unknown key."""
+    for key, value in given.items():
+        if key.startswith("_"):  # "_comment" and friends document a file; they are not settings
+            continue
+        if key not in known:
+            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key (known: {', '.join(known)})")
+        yield key, value
+
+
 def _check_account(index: int, raw, default_proxy: str | None) -> Account:
     where = f"accounts[{index}]"
     _check_type(where, raw, dict)
-    for key, value in raw.items():
-        if key.startswith("_"):  # "_comment" and friends document a file; they are not settings
-            continue
-        if key not in ACCOUNT_KEYS:
-            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(ACCOUNT_KEYS)})")
+    for key, value in _known_items(where, ACCOUNT_KEYS, raw):
         _check_type(f"{where}.{key}", value, ACCOUNT_KEYS[key])
     for key in ("name", "type"):
         if not raw.get(key):
@@ -192,11 +198,7 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
 def _merge_section(where: str, defaults: dict, given, types: dict | None = None) -> dict:
     _check_type(where, given, dict)
     merged = copy.deepcopy(defaults)
-    for key, value in given.items():
-        if key.startswith("_"):
-            continue
-        if key not in defaults:
-            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(defaults)})")
+    for key, value in _known_items(where, defaults, given):
         expected = (types or {}).get(key) or _expected_for(defaults[key])
         _check_type(f"{where}.{key}", value, expected)
         merged[key] = value
@@ -218,11 +220,7 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
     if not isinstance(raw, dict):
         raise ConfigError("settings: the top level must be a JSON object")
     settings = copy.deepcopy(DEFAULTS)
-    for key, value in raw.items():
-        if key.startswith("_"):
-            continue
-        if key not in DEFAULTS:
-            raise ConfigError(f"{key}: unknown key (known: {', '.join(DEFAULTS)})")
+    for key, value in _known_items("", DEFAULTS, raw):
         if key in ("timeouts", "server", "byo_account"):
             types = {"proxy": (str, type(None))} if key == "byo_account" else None
             settings[key] = _merge_section(key, DEFAULTS[key], value, types)

@@ -48,17 +48,11 @@ class HttpClient:
         name = self.account.name
         try:
             response = self.session.post(url, json=payload, headers=headers, timeout=self.timeout, stream=stream)
-        except requests.exceptions.ConnectTimeout:
-            raise UpstreamTimeout(
-                f"account {name!r}: connecting to the upstream{self._via} timed out after {self.timeout[0]:g}s"
-            ) from None
         except requests.exceptions.ReadTimeout:
-            raise UpstreamTimeout(
-                f"account {name!r}: the upstream did not answer within {self.timeout[1]:g}s"
-            ) from None
+            raise self._read_timeout("did not answer") from None
         except requests.exceptions.ProxyError:
             raise UpstreamError(f"account {name!r}: its proxy refused or failed the connection") from None
-        except requests.exceptions.RequestException as exc:
+        except requests.exceptions.RequestException as exc:  # ConnectTimeout included
             if _is_timeout(exc):
                 raise UpstreamTimeout(
                     f"account {name!r}: connecting to the upstream{self._via} timed out after {self.timeout[0]:g}s"
@@ -69,6 +63,9 @@ class HttpClient:
             response.close()
             raise UpstreamError(f"account {name!r}: the upstream answered {response.status_code}: {detail}")
         return response
+
+    def _read_timeout(self, what: str) -> UpstreamTimeout:
+        return UpstreamTimeout(f"account {self.account.name!r}: the upstream {what} for {self.timeout[1]:g}s")
 
     def _error_detail(self, response: requests.Response) -> str:
         try:
@@ -96,9 +93,7 @@ class HttpClient:
                 yield data
         except requests.exceptions.RequestException as exc:
             if _is_timeout(exc):
-                raise UpstreamTimeout(
-                    f"account {name!r}: the upstream stopped sending for {self.timeout[1]:g}s"
-                ) from None
+                raise self._read_timeout("stopped sending") from None
             raise UpstreamError(f"account {name!r}: the upstream connection broke mid-reply") from None
         finally:
             response.close()
