@@ -71,6 +71,7 @@ class FakeHandler(BaseHTTPRequestHandler):
     """Read JSON, answer JSON or a chunked event stream, keep connections alive."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # small SSE writes must leave at once (no 40 ms delayed-ACK stalls)
     server_version = "FakeUpstream/1.0"
     sys_version = ""
     server: FakeHTTPServer
