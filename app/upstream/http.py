@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -28,7 +28,8 @@ class HttpClient:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._secrets = [s for s in (account.api_key, account.access_token, _proxy_password(account.proxy)) if s]
+        secrets = [account.api_key, account.access_token, *_proxy_secrets(account.proxy)]
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def close(self) -> None:
         self.session.close()
@@ -78,7 +79,7 @@ class HttpClient:
         except ValueError:
             data = None
         message = upstream_message(data) if data is not None else None
-        return self.scrub((message or text.strip() or response.reason or "no details")[:500])
+        return self.scrub(message or text.strip() or response.reason or "no details")[:500]  # scrub, then cut
 
     def sse_data(self, response: requests.Response) -> Iterator[str]:
         """Yield the data field of each server-sent event until [DONE] or the end of the body."""
@@ -124,7 +125,7 @@ def _is_timeout(exc: BaseException) -> bool:
     return False
 
 
-def _proxy_password(proxy: str | None) -> str | None:
-    if not proxy:
-        return None
-    return urlsplit(proxy).password
+def _proxy_secrets(proxy: str | None) -> list[str]:
+    """Return the proxy password as written in the URL and decoded (either may be echoed back)."""
+    password = urlsplit(proxy).password if proxy else None
+    return [password, unquote(password)] if password else []
