@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from flask import Flask
 
-from app import config, errors
+from app import config, errors, limits
 from app.pool import Pool
 from app.services import ChatService, ConversationService, UserService
 from app.store import JsonUserStore, SqlConversationStore
@@ -49,7 +49,7 @@ def create_app(
     pool = Pool(settings["accounts"], settings, store.next_cursor)
     conversations = ConversationService(store)
     services = SimpleNamespace(
-        users=UserService(users),
+        users=UserService(users, store),
         conversations=conversations,
         chat=ChatService(store, pool, conversations, settings["max_prompt_chars"]),
         pool=pool,
@@ -63,6 +63,7 @@ def create_app(
         app.config["CREATED_ADMIN_KEY"] = created
 
     errors.register(app)
+    limits.install(app)
     from app.api.routes import register as register_api
     from app.web.routes import register as register_web
 

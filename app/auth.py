@@ -16,8 +16,8 @@ KEY_PARAMS = ("user", "api_key", "client", "admin")
 def request_key(params: dict) -> str | None:
     """Return the API key from the Bearer header or a key parameter."""
     header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip() or None
+    if header.lower().startswith("bearer ") and header[7:].strip():
+        return header[7:].strip()
     for name in KEY_PARAMS:
         value = params.get(name)
         if isinstance(value, str) and value:

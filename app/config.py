@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,9 @@ def _merge_section(where: str, defaults: dict, given, types: dict | None = None)
 def _expected_for(default):
     if isinstance(default, bool):
         return bool
-    if isinstance(default, (int, float)):
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
         return NUMBER
     if default is None:
         return (str, type(None))
@@ -235,6 +238,12 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
     for name, path in settings["routes"].items():
         if not path.startswith("/"):
             raise ConfigError(f"routes.{name}: must start with '/' (got {path!r})")
+        wanted = set(re.findall(r"<([^>]+)>", ROUTE_DEFAULTS[name]))
+        if set(re.findall(r"<([^>]+)>", path)) != wanted:
+            shown = ", ".join(f"<{w}>" for w in sorted(wanted)) or "no placeholder"
+            raise ConfigError(f"routes.{name}: must contain {shown} (got {path!r})")
+    if not 0 < settings["port"] < 65536:
+        raise ConfigError(f"port: must be between 1 and 65535 (got {settings['port']})")
     for name in ("connect", "read"):
         if settings["timeouts"][name] <= 0:
             raise ConfigError(f"timeouts.{name}: must be more than 0")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
 
 
 def _wants_json() -> bool:
-    path = request.path
-    if path.startswith(("/api", "/v1")):
+    """JSON under the API's path prefixes (configurable routes included) or when JSON is asked for."""
+    if request.path.startswith(current_app.config.get("JSON_PREFIXES", ("/api", "/v1"))):
         return True
     return request.accept_mimetypes.best == "application/json"
 

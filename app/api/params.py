@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import request
 
 from app.errors import BadRequest
 
+WHOLE = re.compile(r"-?[0-9]{1,18}")
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off", ""}
 
@@ -38,6 +41,15 @@ def text(params: dict, name: str, required: bool = False, max_len: int = 1000) -
         raise BadRequest(f"{name} must be a string", param=name)
     if len(value) > max_len:
         raise BadRequest(f"{name} is longer than {max_len} characters", param=name)
+    return valid_text(value, name)
+
+
+def valid_text(value: str, name: str) -> str:
+    """Refuse text that cannot be stored as UTF-8 (lone surrogates from JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} is not valid text (it holds an unpaired surrogate)", param=name) from None
     return value
 
 
@@ -51,26 +63,34 @@ def flag(params: dict, name: str, default: bool = False) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
         return value.strip().lower() in TRUE
-    raise BadRequest(f"{name} must be true or false (also 1/0, yes/no)", param=name)
+    raise BadRequest(f"{name} must be true or false (also 1/0, yes/no, on/off)", param=name)
 
 
 def choice(params: dict, name: str, options: tuple[str, ...], default: str) -> str:
-    value = params.get(name, default)
+    value = params.get(name)
+    if value is None or value == "":
+        value = default
     if isinstance(value, bool):
         value = "true" if value else "false"
     value = str(value).strip().lower()
-    aliases = {"1": "true", "yes": "true", "0": "false", "no": "false"}
+    aliases = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}
     value = aliases.get(value, value)
     if value not in options:
         raise BadRequest(f"{name} must be one of {', '.join(options)}", param=name)
     return value
 
 
-def number(params: dict, name: str, default: int) -> int:
-    value = params.get(name, default)
-    if isinstance(value, bool):
+def number(params: dict, name: str, default: int, largest: int = 10**9) -> int:
+    """Read a whole number written in ASCII digits, between -largest and largest."""
+    value = params.get(name)
+    if value is None or value == "":
+        value = default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and WHOLE.match(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} must be a whole number", param=name)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be a whole number", param=name) from None
+    if abs(value) > largest:
+        raise BadRequest(f"{name} must be at most {largest}", param=name)
+    return value

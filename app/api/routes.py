@@ -16,6 +16,7 @@ def services():
 
 def chat():
     params = request_params()
+    auth.caller(params)  # 401 before any 400: a caller without a key learns that first
     prompt = text(params, "prompt", required=True, max_len=services().chat.max_prompt_chars)
     plus = choice(params, "plus", PLUS_MODES, "false")
     reply_only, pretty = flag(params, "reply_only"), flag(params, "pretty")
@@ -131,3 +132,6 @@ def register(app: Flask, routes: dict) -> None:
 
     for name, (view, methods) in {**VIEWS, **compat.VIEWS}.items():
         app.add_url_rule(routes[name], endpoint=f"api.{name}", view_func=view, methods=methods)
+    # Errors under any API path's first segment are JSON, wherever settings moved the routes.
+    prefixes = {"/api", "/v1"} | {"/" + path.strip("/").split("/")[0] for path in routes.values()}
+    app.config["JSON_PREFIXES"] = tuple(sorted(prefixes))

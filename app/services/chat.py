@@ -106,7 +106,7 @@ class ChatService:
             upstream_conversation_id=conv.upstream_conversation_id,
             upstream_parent_id=parent,
         )
-        return Plan(upstream, turn, conv, last, digest)
+        return Plan(upstream, turn, conv, last, conv.token_hash)
 
     # -- doing ---------------------------------------------------------------------------
 

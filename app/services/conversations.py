@@ -96,7 +96,7 @@ class ConversationService:
         conv = self.writable(principal, conversation_id)
         self.store.rename(conv.conversation_id, title)
         conv.title = title
-        return conversation_summary(conv)
+        return {"status": "success", **conversation_summary(conv)}
 
     def delete(self, principal: Principal, conversation_id: str) -> dict:
         conv = self.writable(principal, conversation_id)

@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 
 from app.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from app.store.conversations import SqlConversationStore
 from app.store.users import ROLES, User, UserStore
 
 KEY_PREFIX = "cas-"
@@ -39,7 +40,7 @@ def check_username(username: str | None) -> str:
     username = (username or "").strip()
     if not username:
         raise BadRequest("username is required", param="username")
-    if len(username) > MAX_USERNAME or any(ord(c) < 32 for c in username):
+    if len(username) > MAX_USERNAME or not username.isprintable():
         raise BadRequest(f"username must be 1-{MAX_USERNAME} printable characters", param="username")
     return username
 
@@ -51,8 +52,9 @@ def check_id(value: str, param: str = "user_id") -> str:
 
 
 class UserService:
-    def __init__(self, store: UserStore):
+    def __init__(self, store: UserStore, conversations: SqlConversationStore):
         self.store = store
+        self.conversations = conversations
 
     # -- authentication ------------------------------------------------------------------
 
@@ -174,7 +176,10 @@ class UserService:
             if user.role == "admin" and len(admins) <= 1:
                 raise Conflict("cannot delete the last admin")
 
-        return self.store.delete(target.user_id, guard=keep_an_admin)
+        removed = self.store.delete(target.user_id, guard=keep_an_admin)
+        # A later user given the same id must not inherit these conversations.
+        self.conversations.delete(self.conversations.owned_ids(removed.user_id))
+        return removed
 
     def rotate_key(self, actor: User, user_id: str) -> tuple[User, str]:
         target = self.visible(actor, user_id)

@@ -26,11 +26,19 @@ FORMAT_VERSION = 1
 class JsonUserStore(UserStore):
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self._lock = FileLock(str(self.path) + ".lock", timeout=30)
+        self._lock_owner: tuple[int, FileLock] | None = None
         self._cache_stamp: tuple | None = None
         self._cache: dict[str, User] = {}
         self._by_hash: dict[str, User] = {}
         self._mutex = threading.Lock()
+
+    @property
+    def _lock(self) -> FileLock:
+        """The file lock, made anew in each process (a lock must not be inherited across fork)."""
+        owner = self._lock_owner
+        if owner is None or owner[0] != os.getpid():
+            owner = self._lock_owner = (os.getpid(), FileLock(str(self.path) + ".lock", timeout=30))
+        return owner[1]
 
     # -- reading -----------------------------------------------------------------------------
 
