@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             "accesslog": "-",
             "access_log_format": ACCESS_LOG_FORMAT,
             "post_fork": post_fork,
-        "control_socket_disable": True,  # no shared ~/.gunicorn socket: several instances may run
+            "control_socket_disable": True,  # no shared ~/.gunicorn socket: several instances may run
         },
     ).run()
     return 0

@@ -1,0 +1,286 @@
+"""JsonUserStore on real files: the operations, file mode, many processes at once, SIGKILL mid-write, the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.errors import Conflict, NotFound
+from app.store import JsonUserStore, User
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = {f.name: f.type for f in dataclasses.fields(User)}
+WORKERS, PER_WORKER = 8, 50
+
+# Adds users forever, printing each id once add() has returned; killed by the test.
+WRITER = """
+import sys
+from app.store import JsonUserStore, User
+store = JsonUserStore(sys.argv[1])
+prefix, i = sys.argv[2], 0
+while True:
+    uid = f"{prefix}-{i}"
+    store.add(User(uid, "name " + uid, "user", False, "h" * 64, "admin", None, "2024-01-01T00:00:00Z"))
+    print(uid, flush=True)
+    i += 1
+"""
+
+
+def make_user(user_id: str, **changes) -> User:
+    """A plain user whose key hash is derived from its id."""
+    fields = {
+        "user_id": user_id,
+        "username": f"name of {user_id}",
+        "role": "user",
+        "plus": False,
+        "key_hash": f"hash-{user_id}",
+        "created_by": "admin",
+        "external_id": None,
+        "created_at": "2024-01-01T00:00:00Z",
+    }
+    return User(**{**fields, **changes})
+
+
+def add_many(path: str, worker: int, barrier) -> None:
+    """Child process: wait for every sibling, then add PER_WORKER users."""
+    store = JsonUserStore(path)
+    barrier.wait()
+    for i in range(PER_WORKER):
+        store.add(make_user(f"w{worker}-{i}"))
+
+
+def assert_complete(path: Path) -> dict:
+    """Assert the file parses and every user in it has every field with the right type; return the users."""
+    users = json.loads(path.read_text())["users"]
+    for uid, fields in users.items():
+        assert set(fields) == set(FIELDS) - {"user_id"}, uid
+        assert isinstance(fields["username"], str) and fields["username"], uid
+        assert fields["role"] in ("admin", "client", "user"), uid
+        assert isinstance(fields["plus"], bool), uid
+        assert isinstance(fields["key_hash"], str) and fields["key_hash"], uid
+    return users
+
+
+@pytest.fixture
+def path(tmp_path) -> Path:
+    """Where the store keeps its file (not created yet)."""
+    return tmp_path / "users.json"
+
+
+@pytest.fixture
+def store(path) -> JsonUserStore:
+    """A store on a fresh users.json."""
+    return JsonUserStore(path)
+
+
+def test_empty_store(store, path):
+    """A store on a missing file has no users and creates no file by reading."""
+    assert (store.count(), store.list(), store.get("x"), store.get_by_key_hash("h")) == (0, [], None, None)
+    assert not path.exists()
+
+
+def test_add_get_and_find_by_key_hash(store):
+    """An added user is found by id and by key hash, field for field."""
+    alice = make_user("alice", role="client", plus=True, external_id=None, created_by=None)
+    assert store.add(alice) == alice
+    assert store.get("alice") == alice
+    assert store.get_by_key_hash("hash-alice") == alice
+    assert store.get_by_key_hash("hash-nobody") is None
+    assert JsonUserStore(store.path).get("alice") == alice
+
+
+def test_list_is_oldest_first_and_filters_by_creator(store):
+    """list() orders by creation time, and created_by keeps one creator's users."""
+    store.add(make_user("c", created_at="2024-03-01T00:00:00Z", created_by="bot"))
+    store.add(make_user("a", created_at="2024-02-01T00:00:00Z"))
+    store.add(make_user("b", created_at="2024-01-01T00:00:00Z", created_by="bot"))
+    assert [u.user_id for u in store.list()] == ["b", "a", "c"]
+    assert [u.user_id for u in store.list(created_by="bot")] == ["b", "c"]
+    assert store.list(created_by="nobody") == []
+    assert store.count() == 3
+
+
+def test_delete(store):
+    """delete() removes and returns the user; a missing one is NotFound."""
+    store.add(make_user("a"))
+    store.add(make_user("b"))
+    assert store.delete("a").user_id == "a"
+    assert [u.user_id for u in JsonUserStore(store.path).list()] == ["b"]
+    assert store.get_by_key_hash("hash-a") is None
+    with pytest.raises(NotFound):
+        store.delete("a")
+
+
+def test_delete_guard_can_refuse(store):
+    """A guard that raises keeps the user, and it is given the user and everyone."""
+    store.add(make_user("a"))
+    store.add(make_user("b"))
+    seen = {}
+
+    def guard(user, everyone):
+        seen["args"] = (user.user_id, sorted(u.user_id for u in everyone))
+        raise Conflict("no")
+
+    with pytest.raises(Conflict):
+        store.delete("a", guard=guard)
+    assert seen["args"] == ("a", ["a", "b"])
+    assert store.get("a") is not None
+
+
+def test_set_key_hash(store):
+    """set_key_hash replaces the hash: the old one finds nobody, the new one finds the user."""
+    store.add(make_user("a"))
+    updated = store.set_key_hash("a", "new-hash")
+    assert updated == make_user("a", key_hash="new-hash")
+    assert store.get_by_key_hash("hash-a") is None
+    assert store.get_by_key_hash("new-hash").user_id == "a"
+    with pytest.raises(NotFound):
+        store.set_key_hash("nobody", "x")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (make_user("same"), make_user("same", username="other", key_hash="other")),
+        (make_user("x1", created_by="bot", external_id="7"), make_user("x2", created_by="bot", external_id="7")),
+    ],
+)
+def test_duplicates_are_conflicts(store, first, second):
+    """A taken id, or a taken (creator, external id), is a Conflict and changes nothing."""
+    store.add(first)
+    before = store.path.read_bytes()
+    with pytest.raises(Conflict):
+        store.add(second)
+    assert store.path.read_bytes() == before
+    assert store.count() == 1
+
+
+def test_same_external_id_for_different_creators_is_fine(store):
+    """Two clients may each know a person by the same id."""
+    store.add(make_user("x1", created_by="bot1", external_id="7"))
+    store.add(make_user("x2", created_by="bot2", external_id="7"))
+    assert store.find_external("bot2", "7").user_id == "x2"
+
+
+def test_file_is_private_and_valid_json(store, path):
+    """users.json is mode 0600 and JSON holding every user."""
+    store.add(make_user("a"))
+    store.set_key_hash("a", "h2")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert set(assert_complete(path)) == {"a"}
+
+
+def test_processes_adding_at_once_lose_nothing(path):
+    """Eight processes each adding 50 users at once leave exactly 400 more users and a parseable file."""
+    seed = JsonUserStore(path)
+    for uid in ("admin", "bot", "alice"):
+        seed.add(make_user(uid))
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(WORKERS)
+    procs = [context.Process(target=add_many, args=(str(path), w, barrier)) for w in range(WORKERS)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * WORKERS
+    users = assert_complete(path)
+    assert len(users) == WORKERS * PER_WORKER + 3
+    assert seed.count() == WORKERS * PER_WORKER + 3
+    assert {f"w{w}-{i}" for w in range(WORKERS) for i in range(PER_WORKER)} <= set(users)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not list(path.parent.glob(".users.json.*")), "temporary files were left behind"
+
+
+def add_with(store: JsonUserStore, prefix: str, count: int) -> None:
+    """Add count users through an existing store instance (used by forked children and threads)."""
+    for i in range(count):
+        store.add(make_user(f"{prefix}-{i}"))
+
+
+def test_forked_children_sharing_one_store_lose_nothing(path):
+    """Children forked after the store took its lock (as gunicorn workers are) still exclude each other."""
+    store = JsonUserStore(path)
+    store.add(make_user("admin"))  # the parent has used the lock before forking
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=add_with, args=(store, f"f{n}", 40)) for n in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert len(assert_complete(path)) == 4 * 40 + 1
+    assert store.count() == 4 * 40 + 1
+
+
+def test_threads_sharing_one_store_lose_nothing(path):
+    """Eight threads adding through one store instance lose no user."""
+    store = JsonUserStore(path)
+    threads = [threading.Thread(target=add_with, args=(store, f"t{n}", 25)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(assert_complete(path)) == 8 * 25
+    assert store.count() == 8 * 25
+
+
+def test_sigkill_mid_write_leaves_a_whole_file(path):
+    """A writer killed with SIGKILL at random moments leaves a parseable file with every acknowledged user."""
+    seed = {
+        f"seed-{i}": {k: v for k, v in dataclasses.asdict(make_user(f"seed-{i}")).items() if k != "user_id"}
+        for i in range(3000)
+    }
+    path.write_text(json.dumps({"version": 1, "users": seed}))
+    rng = random.Random(1234)
+    for round_ in range(5):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), f"r{round_}"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert writer.stdout.readline().strip() == f"r{round_}-0"  # the loop is running
+            time.sleep(rng.uniform(0.0, 0.3))
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            acknowledged = [f"r{round_}-0", *writer.communicate(timeout=10)[0].split()]
+        users = assert_complete(path)
+        assert set(acknowledged) <= set(users), f"round {round_}: acknowledged users were lost"
+        assert {f"seed-{i}" for i in range(3000)} <= set(users)
+        assert JsonUserStore(path).count() == len(users)
+
+
+def test_cache_sees_changes_made_by_another_instance(path):
+    """A store that has read the file sees adds, key rotations and deletes made through another instance."""
+    first, other = JsonUserStore(path), JsonUserStore(path)
+    first.add(make_user("a"))
+    assert first.get("a") is not None
+    for i in range(100):
+        other.set_key_hash("a", f"rotated-{i:04d}")  # same length every time: only the content changes
+        assert first.get("a").key_hash == f"rotated-{i:04d}"
+        assert first.get_by_key_hash(f"rotated-{i:04d}").user_id == "a"
+    other.add(make_user("b"))
+    assert [u.user_id for u in first.list()] == ["a", "b"]
+    other.delete("a")
+    assert first.get("a") is None
+    assert first.get_by_key_hash("rotated-0099") is None
+    assert first.count() == 1
+
+
+def test_cache_sees_a_change_from_another_process(path):
+    """A change made by a separate process is seen by a store that had cached the file."""
+    store = JsonUserStore(path)
+    store.add(make_user("a"))
+    assert store.count() == 1
+    code = "import sys; from app.store import JsonUserStore; JsonUserStore(sys.argv[1]).set_key_hash('a', 'from-child')"
+    subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
+    assert store.get_by_key_hash("from-child").user_id == "a"
+    assert store.get("a").key_hash == "from-child"
