@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
+from fakes import FakeChatGPTWeb, FakeOpenAI
 from werkzeug import serving
 
 from app import create_app
@@ -102,6 +103,20 @@ def make_server(tmp_path):
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def openai_fake():
+    """A running fake OpenAI-compatible upstream (tests/fakes), stopped after the test."""
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def web_fake():
+    """A running fake ChatGPT web backend (tests/fakes), stopped after the test."""
+    with FakeChatGPTWeb() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
-from fakes import FakeChatGPTWeb, FakeOpenAI
+from fakes import FakeOpenAI
 from upstream_fixtures import (
     FAST,
     chat_requests,
@@ -26,18 +26,6 @@ def openai_fakes():
     """Four running FakeOpenAI servers."""
     with ExitStack() as stack:
         yield [stack.enter_context(FakeOpenAI()) for _ in range(4)]
-
-
-@pytest.fixture
-def openai_fake():
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def web_fake():
-    with FakeChatGPTWeb() as fake:
-        yield fake
 
 
 def keys_seen(fake) -> Counter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from fakes import BlackholeServer, FakeChatGPTWeb, FakeOpenAI, Socks5Server
+from fakes import BlackholeServer, FakeOpenAI, Socks5Server
 from upstream_fixtures import (
     chat_requests,
     closed_port,
@@ -23,18 +23,6 @@ def proxy():
     """A SOCKS5 proxy that demands PROXY_USER / PROXY_PASSWORD."""
     with Socks5Server(PROXY_USER, PROXY_PASSWORD) as server:
         yield server
-
-
-@pytest.fixture
-def openai_fake():
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def web_fake():
-    with FakeChatGPTWeb() as fake:
-        yield fake
 
 
 def assert_clean_error(response, status: int, code: str, secret: str = PROXY_PASSWORD) -> str:

@@ -20,18 +20,6 @@ API_KEY = "sk-upstream-secret-0123456789abcdef"
 ACCESS_TOKEN = "eyJ-web-access-token-0123456789abcdef"
 
 
-@pytest.fixture
-def openai_fake():
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def web_fake():
-    with FakeChatGPTWeb() as fake:
-        yield fake
-
-
 @pytest.fixture(params=["openai", "chatgpt-web"])
 def upstream(request):
     """A running fake of each account type, the account that uses it and that account's secret."""
