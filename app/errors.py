@@ -8,6 +8,7 @@ AppError                     any error a caller should see (status, code, messag
 ├── Conflict             409 already exists, last admin, pinned account gone
 ├── PayloadTooLarge      413 body over the configured limit
 ├── UpstreamError        502 the upstream answered with an error, or could not be reached
+│   └── StreamCut        502 the upstream's event stream ended before its end marker
 ├── NoAccountAvailable   503 no eligible account for the asked class
 └── UpstreamTimeout      504 the upstream or its proxy did not answer in time
 
@@ -64,6 +65,10 @@ class PayloadTooLarge(AppError):
 
 class UpstreamError(AppError):
     status, code = 502, "upstream_error"
+
+
+class StreamCut(UpstreamError):
+    pass
 
 
 class NoAccountAvailable(AppError):

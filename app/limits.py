@@ -27,6 +27,9 @@ def install(app: Flask) -> None:
             body += piece
         if len(body) > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        # From here on the body is an ordinary one of known length.
         request.environ["wsgi.input"] = io.BytesIO(bytes(body))
         request.environ["CONTENT_LENGTH"] = str(len(body))
+        request.environ.pop("HTTP_TRANSFER_ENCODING", None)
         request.environ.pop("wsgi.input_terminated", None)
+        request.__dict__.pop("content_length", None)  # drop Werkzeug's cached None

@@ -9,6 +9,7 @@ from flask import request
 from app.errors import BadRequest
 
 WHOLE = re.compile(r"-?[0-9]{1,18}")
+TOKEN = re.compile(r"[\x21-\x7e]+")
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off", ""}
 
@@ -18,7 +19,10 @@ def request_params() -> dict:
     params = {k: v for k, v in request.args.items()}
     if request.method in ("POST", "PATCH", "PUT", "DELETE") and request.content_length != 0:
         if request.is_json:
-            body = request.get_json(silent=True)
+            try:
+                body = request.get_json(silent=True)
+            except RecursionError:  # nesting deeper than the parser goes
+                body = None
             if body is None and request.get_data(cache=True):
                 raise BadRequest("request body is not valid JSON")
             if body is not None and not isinstance(body, dict):
@@ -42,6 +46,14 @@ def text(params: dict, name: str, required: bool = False, max_len: int = 1000) -
     if len(value) > max_len:
         raise BadRequest(f"{name} is longer than {max_len} characters", param=name)
     return valid_text(value, name)
+
+
+def token(params: dict, name: str, max_len: int = 8192) -> str | None:
+    """Read a credential that will travel in an HTTP header: visible ASCII only."""
+    value = text(params, name, max_len=max_len)
+    if value is not None and not TOKEN.fullmatch(value):
+        raise BadRequest(f"{name} must be printable ASCII without spaces", param=name)
+    return value
 
 
 def valid_text(value: str, name: str) -> str:
@@ -87,7 +99,7 @@ def number(params: dict, name: str, default: int, largest: int = 10**9) -> int:
         value = default
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and WHOLE.match(value.strip()):
+    if isinstance(value, str) and WHOLE.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} must be a whole number", param=name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, current_app, jsonify, request
 
 from app import auth
-from app.api.params import choice, flag, number, request_params, text
+from app.api.params import choice, flag, number, request_params, text, token
 from app.pool import PLUS_MODES
 from app.render import render_markdown
 
@@ -20,7 +20,7 @@ def chat():
     prompt = text(params, "prompt", required=True, max_len=services().chat.max_prompt_chars)
     plus = choice(params, "plus", PLUS_MODES, "false")
     reply_only, pretty = flag(params, "reply_only"), flag(params, "pretty")
-    access_token = text(params, "access_token", max_len=8192)
+    access_token = token(params, "access_token")
     user_plus = flag(params, "user_plus")
     principal = auth.principal(params, create=True)
     answer = services().chat.ask(
@@ -79,7 +79,9 @@ def user(user_id: str):
     actor = auth.caller(params)
     if _method(params) == "DELETE":
         removed = services().users.delete(actor, user_id)
-        return jsonify({"status": "success", "deleted": removed.user_id})
+        return jsonify(
+            {"status": "success", "deleted": removed[0].user_id, "deleted_users": [u.user_id for u in removed[1:]]}
+        )
     return jsonify(services().users.visible(actor, user_id).public())
 
 

@@ -114,6 +114,7 @@ class ChatService:
         started, started_clock = time.time(), time.monotonic()
         pieces: list[str] = []
         done: Done | None = None
+        last: Delta | None = None
         events = plan.upstream.stream(plan.turn)
         try:
             for event in events:
@@ -121,10 +122,12 @@ class ChatService:
                     done = event
                 else:
                     pieces.append(event.text)
+                    last = event
                     yield event
         except GeneratorExit:  # the caller went away mid-reply: keep what came, marked cut short
-            if done is None and pieces:
-                self._store(principal, plan, "".join(pieces), None, started, complete=False)
+            if done is None and last is not None:
+                cut = Done(plan.turn.model, last.upstream_conversation_id, last.upstream_message_id, None, "cut")
+                self._store(principal, plan, "".join(pieces), cut, started, complete=False)
             raise
         finally:
             events.close()  # closes the upstream connection at once, not when garbage is collected
@@ -132,7 +135,7 @@ class ChatService:
         yield self._answer(principal, plan, message, conv, done, started, started_clock)
 
     def _store(
-        self, principal, plan: Plan, reply: str, done: Done | None, started: float, complete: bool
+        self, principal, plan: Plan, reply: str, done: Done, started: float, complete: bool
     ) -> tuple[Message, Conversation]:
         finished = time.time()
         account = plan.upstream.account
@@ -142,18 +145,18 @@ class ChatService:
             parent_id=plan.last.message_id if plan.last else None,
             prompt=plan.turn.prompt,
             reply=reply,
-            model=done.model if done else plan.turn.model,
+            model=done.model,
             account_name=None if plan.token_hash else account.name,
-            upstream_message_id=done.upstream_message_id if done else None,
+            upstream_message_id=done.upstream_message_id,
             complete=complete,
             created_at=started,
             completed_at=finished,
         )
-        upstream_conv = done.upstream_conversation_id if done else None
+        upstream_conv = done.upstream_conversation_id
         if plan.conversation:
             self.store.add_message(message, upstream_conv)
             return message, plan.conversation
-        title = (plan.upstream.title(plan.turn, done) if done else None) or fallback_title(plan.turn.prompt)
+        title = (plan.upstream.title(plan.turn, done) if complete else None) or fallback_title(plan.turn.prompt)
         conv = Conversation(
             conversation_id=message.conversation_id,
             owner_id=principal.user.user_id,

@@ -19,7 +19,7 @@ from app.store.conversations import SqlConversationStore
 from app.store.users import ROLES, User, UserStore
 
 KEY_PREFIX = "cas-"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
 MAX_USERNAME = 64
 
 
@@ -46,7 +46,7 @@ def check_username(username: str | None) -> str:
 
 
 def check_id(value: str, param: str = "user_id") -> str:
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise BadRequest(f"{param} must be 1-64 letters, digits or _ . @ : -", param=param)
     return value
 
@@ -61,7 +61,7 @@ class UserService:
     def authenticate(self, key: str | None) -> User:
         if not key:
             raise Unauthorized("no API key: send 'Authorization: Bearer KEY' or the 'user' parameter")
-        user = self.store.get_by_key_hash(hash_key(key))
+        user = self.store.get_by_key_hash(hash_key(key)) if key.isascii() else None
         if user is None:
             raise Unauthorized("unknown API key")
         return user
@@ -123,9 +123,7 @@ class UserService:
         check_id(external_id)
         user = self.store.find_external(client.user_id, external_id)
         if user is None:
-            candidate = self.store.get(external_id)
-            if candidate is not None and candidate.created_by == client.user_id:
-                user = candidate
+            user = self._owned(client, external_id)
         if user is not None:
             if plus and not user.plus:
                 raise Forbidden("this user is not plus", param="user_id_plus")
@@ -147,10 +145,7 @@ class UserService:
         if actor.role == "admin":
             user = self.store.get(user_id)
         elif actor.role == "client":
-            user = self.store.find_external(actor.user_id, user_id)
-            if user is None:
-                candidate = self.store.get(user_id)
-                user = candidate if candidate and candidate.created_by == actor.user_id else None
+            user = self.store.find_external(actor.user_id, user_id) or self._owned(actor, user_id)
         else:
             user = actor if user_id == actor.user_id else None
             if user is None:
@@ -159,6 +154,11 @@ class UserService:
             raise NotFound(f"no user {user_id!r}", param="user_id")
         return user
 
+    def _owned(self, client: User, user_id: str) -> User | None:
+        """Return the plain user with this server id that client created, or None."""
+        user = self.store.get(user_id)
+        return user if user and user.role == "user" and user.created_by == client.user_id else None
+
     def list(self, actor: User) -> list[User]:
         if actor.role == "admin":
             return self.store.list()
@@ -166,19 +166,23 @@ class UserService:
             return self.store.list(created_by=actor.user_id)
         raise Forbidden("users cannot list users")
 
-    def delete(self, actor: User, user_id: str) -> User:
+    def delete(self, actor: User, user_id: str) -> list[User]:
+        """Delete a user (a client takes its own users with it) and their conversations; return them all."""
         if actor.role == "user":
             raise Forbidden("users cannot delete users")
         target = self.visible(actor, user_id)
+        removed: list[User] = []
 
-        def keep_an_admin(user: User, everyone: list[User]) -> None:
-            admins = [u for u in everyone if u.role == "admin"]
-            if user.role == "admin" and len(admins) <= 1:
+        def plan(user: User, everyone: list[User]) -> list[str]:
+            if user.role == "admin" and sum(u.role == "admin" for u in everyone) <= 1:
                 raise Conflict("cannot delete the last admin")
+            owned = [u for u in everyone if user.role == "client" and u.created_by == user.user_id]
+            removed[:] = [user, *owned]
+            return [u.user_id for u in owned]
 
-        removed = self.store.delete(target.user_id, guard=keep_an_admin)
-        # A later user given the same id must not inherit these conversations.
-        self.conversations.delete(self.conversations.owned_ids(removed.user_id))
+        self.store.delete(target.user_id, guard=plan)
+        for user in removed:  # a later user given the same id must not inherit these conversations
+            self.conversations.delete(self.conversations.owned_ids(user.user_id))
         return removed
 
     def rotate_key(self, actor: User, user_id: str) -> tuple[User, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 ROLES = ("admin", "client", "user")
@@ -37,6 +37,9 @@ class User:
         }
 
 
+Guard = Callable[[User, list[User]], Iterable[str] | None]
+
+
 class UserStore(ABC):
     @abstractmethod
     def get(self, user_id: str) -> User | None:
@@ -59,8 +62,12 @@ class UserStore(ABC):
         """Add a user; Conflict if its id, or its (creator, external id), is taken."""
 
     @abstractmethod
-    def delete(self, user_id: str, guard: Callable[[User, list[User]], None] | None = None) -> User:
-        """Delete a user after guard(user, all_users) has not raised, atomically; NotFound if absent."""
+    def delete(self, user_id: str, guard: Guard | None = None) -> User:
+        """Delete a user, atomically; NotFound if absent.
+
+        guard(user, all_users) runs inside the same change: it may raise to refuse, and may return
+        the ids of other users to delete along with this one.
+        """
 
     @abstractmethod
     def set_key_hash(self, user_id: str, key_hash: str) -> User:

@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from app.errors import Conflict, NotFound
-from app.store.users import User, UserStore
+from app.store.users import Guard, User, UserStore
 
 FORMAT_VERSION = 1
 
@@ -115,6 +115,9 @@ class JsonUserStore(UserStore):
         def apply(users: dict[str, User]) -> User:
             if user.user_id in users:
                 raise Conflict(f"user_id {user.user_id!r} already exists", param="user_id")
+            if any(u.created_by == user.user_id for u in users.values()):
+                # Ownership follows created_by: a new user under a deleted creator's id would inherit its users.
+                raise Conflict(f"user_id {user.user_id!r} is still the creator of other users", param="user_id")
             if user.external_id is not None and any(
                 u.created_by == user.created_by and u.external_id == user.external_id for u in users.values()
             ):
@@ -124,13 +127,13 @@ class JsonUserStore(UserStore):
 
         return self._change(apply)
 
-    def delete(self, user_id: str, guard: Callable[[User, list[User]], None] | None = None) -> User:
+    def delete(self, user_id: str, guard: Guard | None = None) -> User:
         def apply(users: dict[str, User]) -> User:
             user = users.get(user_id)
             if user is None:
                 raise NotFound(f"no user {user_id!r}")
-            if guard:
-                guard(user, list(users.values()))
+            for other in (guard(user, list(users.values())) if guard else None) or ():
+                users.pop(other, None)
             return users.pop(user_id)
 
         return self._change(apply)

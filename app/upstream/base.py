@@ -23,7 +23,11 @@ class Turn:
 
 @dataclass(frozen=True)
 class Delta:
+    """A new piece of reply text, with the upstream's ids as known so far (kept if the reply is cut)."""
+
     text: str
+    upstream_conversation_id: str | None = None
+    upstream_message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,15 @@ class Done:
     upstream_message_id: str | None = None
     usage: dict | None = None
     finish_reason: str = "stop"
+
+
+def as_dict(value) -> dict:
+    """Return value if it is a JSON object, else an empty one: upstream JSON is never trusted to have a shape."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_str(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class Upstream(ABC):

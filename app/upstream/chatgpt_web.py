@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 from app.errors import UpstreamError
-from app.upstream.base import Delta, Done, Turn, Upstream
+from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_str
 
 
 class ChatGPTWebUpstream(Upstream):
@@ -42,9 +42,7 @@ class ChatGPTWebUpstream(Upstream):
         if turn.upstream_conversation_id:
             payload["conversation_id"] = turn.upstream_conversation_id
         response = self.http.post(f"{self.account.base_url}/conversation", payload, self._headers())
-        sent = ""
-        conversation_id, message_id = turn.upstream_conversation_id, None
-        model, finish = turn.model, "stop"
+        reply = _Reply(turn.upstream_conversation_id, turn.model)
         for data in self.http.sse_data(response):
             try:
                 event = json.loads(data)
@@ -57,27 +55,16 @@ class ChatGPTWebUpstream(Upstream):
                     f"account {self.account.name!r}: the upstream failed mid-reply: "
                     f"{self.http.scrub(str(event['error']))[:500]}"
                 )
-            conversation_id = event.get("conversation_id") or conversation_id
-            message = event.get("message")
-            if not isinstance(message, dict) or (message.get("author") or {}).get("role") != "assistant":
-                continue
-            message_id = message.get("id") or message_id
-            metadata = message.get("metadata") or {}
-            model = metadata.get("model_slug") or model
-            finish = (metadata.get("finish_details") or {}).get("type") or finish
-            parts = (message.get("content") or {}).get("parts") or [""]
-            text = parts[0] if isinstance(parts[0], str) else ""
-            new = text[len(sent) :]  # parts[0] is cumulative; what was sent cannot be unsent
+            new = reply.take(event)
             if new:
-                sent += new
-                yield Delta(new)
-        if not conversation_id or not message_id:
+                yield Delta(new, reply.conversation_id, reply.message_id)
+        if not reply.conversation_id or not reply.message_id:
             raise UpstreamError(f"account {self.account.name!r}: the upstream ended without a reply")
         yield Done(
-            model=model,
-            upstream_conversation_id=conversation_id,
-            upstream_message_id=message_id,
-            finish_reason="length" if finish == "max_tokens" else "stop",
+            model=reply.model,
+            upstream_conversation_id=reply.conversation_id,
+            upstream_message_id=reply.message_id,
+            finish_reason="length" if reply.finish == "max_tokens" else "stop",
         )
 
     def title(self, turn: Turn, done: Done) -> str | None:
@@ -91,3 +78,40 @@ class ChatGPTWebUpstream(Upstream):
         except Exception:  # a title is a nicety (the service falls back); never fail a reply over it
             return None
         return title.strip() if isinstance(title, str) and title.strip() else None
+
+
+class _Reply:
+    """Follow the assistant messages of one answer and say what text is new in each event.
+
+    Each message's `parts[0]` is cumulative. One answer may hold several assistant messages (a
+    tool call, then the answer): messages addressed to a tool (recipient other than "all") are
+    skipped, and visible ones are joined by a blank line.
+    """
+
+    def __init__(self, conversation_id: str | None, model: str):
+        self.conversation_id, self.model = conversation_id, model
+        self.message_id: str | None = None
+        self.finish = "stop"
+        self._seen: dict[str, int] = {}  # message id -> characters of it passed on
+
+    def take(self, event: dict) -> str:
+        self.conversation_id = as_str(event.get("conversation_id")) or self.conversation_id
+        message = as_dict(event.get("message"))
+        if as_dict(message.get("author")).get("role") != "assistant" or message.get("recipient", "all") != "all":
+            return ""
+        message_id = message.get("id")
+        if not isinstance(message_id, str):
+            return ""
+        metadata = as_dict(message.get("metadata"))
+        self.model = as_str(metadata.get("model_slug")) or self.model
+        self.finish = as_str(as_dict(metadata.get("finish_details")).get("type")) or self.finish
+        parts = as_dict(message.get("content")).get("parts")
+        text = parts[0] if isinstance(parts, list) and parts and isinstance(parts[0], str) else ""
+        joining = message_id not in self._seen and any(self._seen.values())
+        self.message_id = message_id
+        done = self._seen.setdefault(message_id, 0)
+        new = text[done:]
+        if not new:
+            return ""
+        self._seen[message_id] = len(text)
+        return "\n\n" + new if joining else new

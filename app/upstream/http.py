@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from app.errors import UpstreamError, UpstreamTimeout
+from app.errors import StreamCut, UpstreamError, UpstreamTimeout
 
 MAX_ERROR_BODY = 4096
 
@@ -92,6 +92,7 @@ class HttpClient:
                 if data == "[DONE]":
                     return
                 yield data
+            raise StreamCut(f"account {name!r}: the upstream ended the reply before finishing it")
         except requests.exceptions.RequestException as exc:
             if _is_timeout(exc):
                 raise self._read_timeout("stopped sending") from None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from app.errors import UpstreamError
-from app.upstream.base import Delta, Done, Turn, Upstream
+from app.errors import StreamCut, UpstreamError
+from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_str
 from app.upstream.http import upstream_message
 
 
@@ -39,18 +39,24 @@ class OpenAIUpstream(Upstream):
         if "text/event-stream" not in response.headers.get("Content-Type", ""):
             yield from self._whole(response)  # a server that ignored "stream": one JSON answer
             return
-        model, usage, finish, reply_id = turn.model, None, "stop", None
-        for data in self.http.sse_data(response):
-            chunk = self._parse(data)
-            model = chunk.get("model") or model
-            reply_id = chunk.get("id") or reply_id
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield Delta(text)
-                finish = choice.get("finish_reason") or finish
-        yield Done(model=model, upstream_message_id=reply_id, usage=usage, finish_reason=finish)
+        model, usage, finish, reply_id = turn.model, None, None, None
+        try:
+            for data in self.http.sse_data(response):
+                chunk = self._parse(data)
+                model = as_str(chunk.get("model")) or model
+                reply_id = as_str(chunk.get("id")) or reply_id
+                usage = as_dict(chunk.get("usage")) or usage
+                choices = chunk.get("choices")
+                for choice in choices if isinstance(choices, list) else ():
+                    choice = as_dict(choice)
+                    text = as_str(as_dict(choice.get("delta")).get("content"))
+                    if text:
+                        yield Delta(text)
+                    finish = as_str(choice.get("finish_reason")) or finish
+        except StreamCut:
+            if finish is None:  # no [DONE] and no finish_reason: the reply really was cut
+                raise
+        yield Done(model=model, upstream_message_id=reply_id, usage=usage, finish_reason=finish or "stop")
 
     def _parse(self, data: str) -> dict:
         try:
@@ -71,13 +77,14 @@ class OpenAIUpstream(Upstream):
             body = self._parse(response.content.decode("utf-8", "replace"))
         finally:
             response.close()
-        choice = (body.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content") or ""
+        choices = body.get("choices")
+        choice = as_dict(choices[0] if isinstance(choices, list) and choices else None)
+        text = as_str(as_dict(choice.get("message")).get("content")) or ""
         if text:
             yield Delta(text)
         yield Done(
-            model=body.get("model") or self.account.model,
-            upstream_message_id=body.get("id"),
-            usage=body.get("usage"),
-            finish_reason=choice.get("finish_reason") or "stop",
+            model=as_str(body.get("model")) or self.account.model,
+            upstream_message_id=as_str(body.get("id")),
+            usage=as_dict(body.get("usage")) or None,
+            finish_reason=as_str(choice.get("finish_reason")) or "stop",
         )
