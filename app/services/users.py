@@ -157,13 +157,18 @@ class UserService:
     def _owned(self, client: User, user_id: str) -> User | None:
         """Return the plain user with this server id that client created, or None."""
         user = self.store.get(user_id)
-        return user if user and user.role == "user" and user.created_by == client.user_id else None
+        return user if user and self._is_owned(client, user) else None
+
+    @staticmethod
+    def _is_owned(client: User, user: User) -> bool:
+        """A client owns the plain users it created, and nothing else."""
+        return user.role == "user" and user.created_by == client.user_id
 
     def list(self, actor: User) -> list[User]:
         if actor.role == "admin":
             return self.store.list()
         if actor.role == "client":
-            return self.store.list(created_by=actor.user_id)
+            return [u for u in self.store.list(created_by=actor.user_id) if self._is_owned(actor, u)]
         raise Forbidden("users cannot list users")
 
     def delete(self, actor: User, user_id: str) -> list[User]:
@@ -176,7 +181,7 @@ class UserService:
         def plan(user: User, everyone: list[User]) -> list[str]:
             if user.role == "admin" and sum(u.role == "admin" for u in everyone) <= 1:
                 raise Conflict("cannot delete the last admin")
-            owned = [u for u in everyone if user.role == "client" and u.created_by == user.user_id]
+            owned = [u for u in everyone if user.role == "client" and self._is_owned(user, u)]
             removed[:] = [user, *owned]
             return [u.user_id for u in owned]
 

@@ -58,7 +58,7 @@ class ChatGPTWebUpstream(Upstream):
             new = reply.take(event)
             if new:
                 yield Delta(new, reply.conversation_id, reply.message_id)
-        if not reply.conversation_id or not reply.message_id:
+        if not reply.conversation_id or not reply.message_id or not reply.said:
             raise UpstreamError(f"account {self.account.name!r}: the upstream ended without a reply")
         yield Done(
             model=reply.model,
@@ -94,6 +94,10 @@ class _Reply:
         self.finish = "stop"
         self._seen: dict[str, int] = {}  # message id -> characters of it passed on
 
+    @property
+    def said(self) -> bool:
+        return any(self._seen.values())
+
     def take(self, event: dict) -> str:
         self.conversation_id = as_str(event.get("conversation_id")) or self.conversation_id
         message = as_dict(event.get("message"))
@@ -107,7 +111,7 @@ class _Reply:
         self.finish = as_str(as_dict(metadata.get("finish_details")).get("type")) or self.finish
         parts = as_dict(message.get("content")).get("parts")
         text = parts[0] if isinstance(parts, list) and parts and isinstance(parts[0], str) else ""
-        joining = message_id not in self._seen and any(self._seen.values())
+        joining = message_id not in self._seen and self.said
         self.message_id = message_id
         done = self._seen.setdefault(message_id, 0)
         new = text[done:]

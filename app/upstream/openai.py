@@ -39,7 +39,7 @@ class OpenAIUpstream(Upstream):
         if "text/event-stream" not in response.headers.get("Content-Type", ""):
             yield from self._whole(response)  # a server that ignored "stream": one JSON answer
             return
-        model, usage, finish, reply_id = turn.model, None, None, None
+        model, usage, finish, reply_id, said = turn.model, None, None, None, False
         try:
             for data in self.http.sse_data(response):
                 chunk = self._parse(data)
@@ -51,11 +51,14 @@ class OpenAIUpstream(Upstream):
                     choice = as_dict(choice)
                     text = as_str(as_dict(choice.get("delta")).get("content"))
                     if text:
+                        said = True
                         yield Delta(text)
                     finish = as_str(choice.get("finish_reason")) or finish
         except StreamCut:
             if finish is None:  # no [DONE] and no finish_reason: the reply really was cut
                 raise
+        if not said and finish is None:  # nothing usable came, not even a reason for saying nothing
+            raise UpstreamError(f"account {self.account.name!r}: the upstream ended without a reply")
         yield Done(model=model, upstream_message_id=reply_id, usage=usage, finish_reason=finish or "stop")
 
     def _parse(self, data: str) -> dict:
