@@ -34,7 +34,8 @@ class LiveServer:
         self.session.trust_env = False
         self._server = serving.make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval makes shutdown() return in ~50 ms instead of Werkzeug's 0.5 s.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 
@@ -89,14 +90,19 @@ def settings_for(tmp_path, accounts=None, **overrides) -> dict:
     return settings
 
 
+def start_server(folder, accounts=None, admin_key: str = ADMIN_KEY, **overrides) -> LiveServer:
+    """Build an app whose files live in folder and serve it; the caller stops it."""
+    app = create_app(settings_for(folder, accounts, **overrides), base_dir=folder, admin_key=admin_key)
+    return LiveServer(app).start()
+
+
 @pytest.fixture
 def make_server(tmp_path):
     """Return a function that starts a live server from accounts and setting overrides."""
     started: list[LiveServer] = []
 
     def make(accounts=None, admin_key: str = ADMIN_KEY, **overrides) -> LiveServer:
-        app = create_app(settings_for(tmp_path, accounts, **overrides), base_dir=tmp_path, admin_key=admin_key)
-        server = LiveServer(app).start()
+        server = start_server(tmp_path, accounts, admin_key, **overrides)
         started.append(server)
         return server
 

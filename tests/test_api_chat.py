@@ -6,10 +6,8 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ADMIN_KEY, LiveServer, settings_for
+from conftest import ADMIN_KEY, LiveServer, start_server
 from fakes import FakeOpenAI
-
-from app import create_app
 
 READABLE = re.compile(r"^\d{4}-\d{2}-\d{2} \| \d{2}:\d{2}:\d{2}$")
 DANGEROUS_REPLY = (
@@ -43,7 +41,7 @@ def ok_json(response) -> dict:
 def live(tmp_path_factory, accounts=None) -> LiveServer:
     """Start a live server for the whole module (stopping one costs half a second)."""
     tmp = tmp_path_factory.mktemp("chat")
-    return LiveServer(create_app(settings_for(tmp, accounts), base_dir=tmp, admin_key=ADMIN_KEY)).start()
+    return start_server(tmp, accounts)
 
 
 def ok_json_list(response) -> list:

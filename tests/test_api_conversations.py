@@ -6,9 +6,7 @@ import itertools
 from datetime import datetime
 
 import pytest
-from conftest import ADMIN_KEY, LiveServer, settings_for
-
-from app import create_app
+from conftest import ADMIN_KEY, start_server
 
 _names = itertools.count()
 
@@ -17,7 +15,7 @@ _names = itertools.count()
 def server(tmp_path_factory):
     """One demo server for the module (stopping one costs half a second); each test uses fresh users."""
     tmp = tmp_path_factory.mktemp("conversations")
-    shared = LiveServer(create_app(settings_for(tmp), base_dir=tmp, admin_key=ADMIN_KEY)).start()
+    shared = start_server(tmp)
     yield shared
     shared.stop()
 

@@ -7,9 +7,7 @@ import logging
 from urllib.parse import urlencode
 
 import pytest
-from conftest import ADMIN_KEY, LiveServer, settings_for
-
-from app import create_app
+from conftest import ADMIN_KEY, start_server
 
 MAX_PROMPT, MAX_BODY = 50, 4096
 
@@ -18,8 +16,7 @@ MAX_PROMPT, MAX_BODY = 50, 4096
 def world(tmp_path_factory) -> dict:
     """One server (small prompt and body limits) with a user, a client, a conversation and a taken id."""
     tmp = tmp_path_factory.mktemp("bad-input")
-    settings = settings_for(tmp, max_prompt_chars=MAX_PROMPT, max_body_bytes=MAX_BODY)
-    server = LiveServer(create_app(settings, base_dir=tmp, admin_key=ADMIN_KEY)).start()
+    server = start_server(tmp, max_prompt_chars=MAX_PROMPT, max_body_bytes=MAX_BODY)
     user = server.create_user(ADMIN_KEY, "alice")
     client = server.create_user(ADMIN_KEY, "bot", role="client")
     server.create_user(ADMIN_KEY, "taken", user_id="taken")

@@ -6,9 +6,7 @@ import hashlib
 import uuid
 
 import pytest
-from conftest import ADMIN_KEY, LiveServer, settings_for
-
-from app import create_app
+from conftest import ADMIN_KEY, start_server
 
 # Who acts: "admin", "client" (no plus), "plus_client", "user" (made by an admin), all fresh for each test.
 # Extra targets: "clients_user" (made by client), "plus_clients_user" (made by plus_client), "admin2".
@@ -18,7 +16,7 @@ from app import create_app
 def live(tmp_path_factory):
     """One live server for the module (each test gets its own fresh people on it)."""
     folder = tmp_path_factory.mktemp("roles")
-    server = LiveServer(create_app(settings_for(folder), base_dir=folder, admin_key=ADMIN_KEY)).start()
+    server = start_server(folder)
     yield server
     server.stop()
 
