@@ -41,3 +41,10 @@ def test_moved_routes_keep_their_placeholders(routes, culprit):
     """A route that loses or renames its placeholder stops start-up instead of failing every request."""
     with pytest.raises(ConfigError, match=culprit.replace("(", r"\(")):
         config.validate({"accounts": [], "routes": routes})
+
+
+def test_conversation_database_is_owner_only(server, user, tmp_path):
+    """The SQLite file (and its WAL) holding everyone's conversations is readable by its owner only."""
+    server.chat(user["api_key"], "a private matter")
+    for name in ("conversations.db", "conversations.db-wal"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name

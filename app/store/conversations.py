@@ -6,6 +6,7 @@ without the services noticing.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -117,6 +118,11 @@ class SqlConversationStore:
         self.engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            path = self.engine.url.database
+            if path and path != ":memory:" and not os.path.exists(path):
+                # Conversations are private: make the file owner-only before SQLite creates it
+                # (SQLite gives its -wal and -shm files the same mode).
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         metadata.create_all(self.engine)
 
     def close(self) -> None:
