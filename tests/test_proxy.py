@@ -52,6 +52,20 @@ def test_account_traffic_goes_through_its_proxy(make_server, admin, proxy, opena
     assert proxy.auth_failures == 0
 
 
+@pytest.mark.parametrize("kind", ["openai", "chatgpt-web"])
+def test_connections_are_reused_per_account(make_server, admin, proxy, openai_fake, web_fake, kind):
+    """Consecutive replies (streamed, titles included) share one pooled connection through the proxy."""
+    if kind == "openai":
+        account = openai_account(openai_fake, proxy=proxy.url)
+    else:
+        account = web_account(web_fake, proxy=proxy.url)
+    server, key = start_with_user(make_server, admin, [account])
+    first = server.chat(key, "one")
+    for n in range(4):
+        server.chat(key, f"more {n}", conversation_id=first["conversation_id"])
+    assert len(proxy.connections) == 1, proxy.connections
+
+
 def test_default_proxy_applies_and_none_opts_out(make_server, admin, proxy):
     """default_proxy carries accounts that name no proxy; "proxy": "none" goes direct."""
     with FakeOpenAI() as proxied, FakeOpenAI() as direct:

@@ -90,6 +90,7 @@ class HttpClient:
                     continue
                 data = line[5:].strip().decode("utf-8", "replace")
                 if data == "[DONE]":
+                    _drain(response)
                     return
                 yield data
             raise StreamCut(f"account {name!r}: the upstream ended the reply before finishing it")
@@ -99,6 +100,15 @@ class HttpClient:
             raise UpstreamError(f"account {name!r}: the upstream connection broke mid-reply") from None
         finally:
             response.close()
+
+
+def _drain(response: requests.Response, limit: int = 65536) -> None:
+    """Read what is left of a finished body (the closing chunk) so the connection can be reused."""
+    left = limit
+    for chunk in response.iter_content(8192):
+        left -= len(chunk)
+        if left < 0:
+            return  # more than an ending: let close() drop the connection instead
 
 
 def upstream_message(data) -> str | None:
