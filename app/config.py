@@ -181,8 +181,10 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
             raise ConfigError(f"{where}.{secret_key}: not used by type {kind!r}")
     if kind == "chatgpt-web" and not raw.get("access_token"):
         raise ConfigError(f"{where}.access_token: required for type 'chatgpt-web'")
-    proxy = raw.get("proxy", default_proxy)
     enabled = raw.get("enabled", True)
+    proxy = raw.get("proxy", default_proxy)
+    if proxy and "proxy" in raw:  # a proxy URL holds a password too, so env:NAME works here as well
+        proxy = _resolve_secret(f"{where}.proxy", proxy, enabled) or None
     return Account(
         name=raw["name"],
         type=kind,
@@ -247,9 +249,11 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
     for name in ("connect", "read"):
         if settings["timeouts"][name] <= 0:
             raise ConfigError(f"timeouts.{name}: must be more than 0")
-    default_proxy = check_proxy("default_proxy", settings["default_proxy"])
+    default_proxy = settings["default_proxy"]
+    default_proxy = check_proxy("default_proxy", default_proxy and _resolve_secret("default_proxy", default_proxy))
     byo = settings["byo_account"]
-    byo["proxy"] = check_proxy("byo_account.proxy", default_proxy if byo["proxy"] is None else byo["proxy"])
+    byo_proxy = default_proxy if byo["proxy"] is None else _resolve_secret("byo_account.proxy", byo["proxy"])
+    byo["proxy"] = check_proxy("byo_account.proxy", byo_proxy)
     accounts = [_check_account(i, a, default_proxy) for i, a in enumerate(settings["accounts"])]
     seen: set[str] = set()
     for account in accounts:

@@ -78,6 +78,17 @@ class LiveServer:
         return response.json()
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_environment(monkeypatch):
+    """Test traffic stays on 127.0.0.1 whatever proxy the machine's environment names."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 def settings_for(tmp_path, accounts=None, **overrides) -> dict:
     """Return a settings dict whose files live in tmp_path."""
     settings = {

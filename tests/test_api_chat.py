@@ -106,6 +106,11 @@ def test_chat_answer_has_every_field(server, user, method, how):
     assert body["conversation_id"] != body["message_id"]
     assert body["parent_id"] is None
     assert body["model"] == "demo"
+    assert body["account"] == "demo"
+    assert body["finish_reason"] == "stop"
+    assert set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert body["api_username"] == user["username"]
     assert body["api_user"] == user["user_id"]
     assert body["api_client_id"] == "self"
     assert body["api_prompt"] == "hello there"

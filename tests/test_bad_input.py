@@ -128,7 +128,8 @@ CASES = [
     case("title missing", "user", "PATCH", CONV, "json", {}, 400, "title"),
     case("title object", "user", "PATCH", CONV, "json", {"title": {"a": 1}}, 400, "title"),
     case("title lone surrogate", "user", "PATCH", CONV, "raw", '{"title": "\\udfff"}', 400, "title"),
-    case("title too long", "user", "PATCH", CONV, "json", {"title": "t" * 1001}, 400, "title"),
+    case("title too long", "user", "PATCH", CONV, "json", {"title": "t" * 201}, 400, "title"),
+    case("title far too long", "user", "PATCH", CONV, "json", {"title": "t" * 1001}, 400, "title"),
     case("admin deletes a user's", "admin", "DELETE", CONV, "json", None, 403),
     case("admin lists unknown user", "admin", "GET", CONVS, "query", {"user_id": "nobody"}, 404, "user_id"),
     case("client lists unknown user", "client", "GET", CONVS, "query", {"user_id": "nobody"}, 404, "user_id"),
@@ -185,8 +186,13 @@ def test_bad_input_answers_the_right_error(world, who, method, path, how, params
 
 
 def test_a_refused_request_changes_nothing(world):
-    """After every bad request the user's one conversation is still there, unrenamed."""
+    """After refused renames, deletes and a duplicate id, the conversation and the user are untouched."""
     server, key, cid = world["server"], world["keys"]["user"], world["fill"]["cid"]
+    assert server.call("PATCH", f"/api/conversations/{cid}", key, json={"title": ""}).status_code == 400
+    assert server.call("DELETE", f"/api/conversations/{cid}", ADMIN_KEY).status_code == 403
+    assert server.call("DELETE", f"/api/conversations/{cid}", "cas-wrong").status_code == 401
+    duplicate = server.post("/api/users", ADMIN_KEY, json={"username": "impostor", "user_id": "taken"})
+    assert duplicate.status_code == 409
     body = server.get(f"/api/conversations/{cid}", key).json()
     assert body["title"] == "hello" and body["message_count"] == 1
     assert server.get("/api/users/taken", ADMIN_KEY).json()["username"] == "taken"

@@ -199,3 +199,17 @@ def test_comment_keys_are_ignored():
     """Keys starting with "_" document the file and are not settings."""
     settings = config.validate({"_comment": "hi", "accounts": [{**DEMO, "_note": "x"}]})
     assert settings["accounts"][0].name == "demo"
+
+
+def test_proxy_urls_can_come_from_the_environment(monkeypatch):
+    """env:NAME works for proxies (their URLs hold passwords) as for keys; a missing one is named."""
+    monkeypatch.setenv("CAS_TEST_PROXY", "socks5h://user:secret@proxy.internal:1080")
+    settings = config.validate(
+        {
+            "default_proxy": "env:CAS_TEST_PROXY",
+            "accounts": [{"name": "a", "type": "demo"}, {"name": "b", "type": "demo", "proxy": "env:CAS_TEST_PROXY"}],
+        }
+    )
+    assert [a.proxy for a in settings["accounts"]] == ["socks5h://user:secret@proxy.internal:1080"] * 2
+    with pytest.raises(ConfigError, match=r"accounts\[0\]\.proxy: environment variable CAS_NOT_SET"):
+        config.validate({"accounts": [{"name": "a", "type": "demo", "proxy": "env:CAS_NOT_SET"}]})

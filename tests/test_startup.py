@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,20 @@ def test_second_start_makes_no_new_admin_and_prints_no_key(launch, tmp_path):
     assert [c["title"] for c in listed] == ["before restart"]
 
 
+def write_as_admin(url: str, key: str, name: str) -> None:
+    """Create a client, let it speak for a new user, rotate its key: three users.json writes, fresh connections."""
+
+    def post(path: str, bearer: str, body: dict | None = None) -> dict:
+        headers = {"Authorization": f"Bearer {bearer}", "Connection": "close"}
+        response = requests.post(url + path, json=body, headers=headers, timeout=30)
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+    made = post("/api/users", key, {"username": name, "role": "client"})
+    post("/api/chat", made["api_key"], {"prompt": "hi", "user_id": "p1", "username": "p"})
+    post(f"/api/users/{made['user_id']}/key", key)
+
+
 def test_forked_workers_write_users_json(launch, tmp_path):
     """Under gunicorn's forked workers every users.json write works, on first run and after a restart."""
     folder = tmp_path / "site"
@@ -250,14 +265,9 @@ def test_forked_workers_write_users_json(launch, tmp_path):
         proc = launch(folder)
         keys += printed_keys(proc)
         key = keys[0]
-        for i in range(4):  # several requests, so both workers take writes
-            made = proc.post("/api/users", key, json={"username": f"u{attempt}{i}", "role": "client"})
-            assert made.status_code == 201, made.text
-            client_key = made.json()["api_key"]
-            spoke = proc.post("/api/chat", client_key, json={"prompt": "hi", "user_id": "p1", "username": "p"})
-            assert spoke.status_code == 200, spoke.text
-            rotated = proc.post(f"/api/users/{made.json()['user_id']}/key", key)
-            assert rotated.status_code == 200, rotated.text
+        names = [f"u{attempt}{i}" for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:  # concurrent, on fresh connections: both workers take writes
+            list(pool.map(write_as_admin, [proc.url] * 4, [key] * 4, names))
         proc.stop()
     assert len(users_in(folder)) == 1 + 2 * 4 * 2
 

@@ -232,7 +232,9 @@ def test_stop_is_prompt_with_busy_connections(openai):
                 pool.submit(chat, openai.url, "hang", stream=True),
                 pool.submit(chat, openai.url, "hang", proxies={"http": proxy.url}),
             ]
+            deadline = time.monotonic() + 10
             while len(openai.requests) < 3:
+                assert time.monotonic() < deadline, "the hung requests never arrived"
                 time.sleep(0.01)
             started = time.monotonic()
             proxy.stop()
