@@ -122,6 +122,14 @@ def make_server(tmp_path):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One demo server for a whole test module; tests on it must make their own fresh users."""
+    server = start_server(tmp_path_factory.mktemp("shared"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def openai_fake():
     """A running fake OpenAI-compatible upstream (tests/fakes), stopped after the test."""

@@ -6,18 +6,15 @@ import itertools
 from datetime import datetime
 
 import pytest
-from conftest import ADMIN_KEY, start_server
+from conftest import ADMIN_KEY
 
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One demo server for the module (stopping one costs half a second); each test uses fresh users."""
-    tmp = tmp_path_factory.mktemp("conversations")
-    shared = start_server(tmp)
-    yield shared
-    shared.stop()
+@pytest.fixture
+def server(shared_server):
+    """The module's one demo server; each test uses fresh users."""
+    return shared_server
 
 
 def fresh(server, role="user", **fields) -> dict:

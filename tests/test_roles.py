@@ -6,19 +6,16 @@ import hashlib
 import uuid
 
 import pytest
-from conftest import ADMIN_KEY, start_server
+from conftest import ADMIN_KEY
 
 # Who acts: "admin", "client" (no plus), "plus_client", "user" (made by an admin), all fresh for each test.
 # Extra targets: "clients_user" (made by client), "plus_clients_user" (made by plus_client), "admin2".
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """One live server for the module (each test gets its own fresh people on it)."""
-    folder = tmp_path_factory.mktemp("roles")
-    server = start_server(folder)
-    yield server
-    server.stop()
+@pytest.fixture
+def live(shared_server):
+    """The module's one live server (each test gets its own fresh people on it)."""
+    return shared_server
 
 
 @pytest.fixture
