@@ -29,14 +29,6 @@ class Server(BaseApplication):
         return self.application
 
 
-def post_fork(_server, _worker) -> None:
-    """Give each worker its own database connections (never share sockets across a fork)."""
-    SERVER_APP.extensions["services"].store.engine.dispose(close=False)
-
-
-SERVER_APP = None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--settings", default="settings.json", help="settings file (made on first run)")
@@ -45,13 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    global SERVER_APP
     try:
         app = create_app(settings_path=args.settings)
     except ConfigError as exc:
         print(f"settings error: {exc}", file=sys.stderr)
         return 2
-    SERVER_APP = app
     settings = app.config["SETTINGS"]
     new_key = app.config.pop("CREATED_ADMIN_KEY", None)
     if new_key:
@@ -74,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             "keepalive": int(server["keepalive"]),
             "accesslog": "-",
             "access_log_format": ACCESS_LOG_FORMAT,
-            "post_fork": post_fork,
+            # Each worker gets its own database connections (never share sockets across a fork).
+            "post_fork": lambda _server, _worker: app.extensions["services"].store.engine.dispose(close=False),
             "control_socket_disable": True,  # no shared ~/.gunicorn socket: several instances may run
         },
     ).run()

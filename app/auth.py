@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import request
 
 from app.api.params import flag, text
+from app.context import services
 from app.errors import Forbidden
 from app.services.principal import Principal
 from app.store.users import User
@@ -27,21 +28,22 @@ def request_key(params: dict) -> str | None:
 
 def caller(params: dict) -> User:
     """Return the user whose key came with the request, or raise Unauthorized."""
-    return current_app.extensions["services"].users.authenticate(request_key(params))
+    return services().users.authenticate(request_key(params))
 
 
-def principal(params: dict, create: bool = False) -> Principal:
+def principal(params: dict, create: bool = False, actor: User | None = None) -> Principal:
     """Resolve the caller and, for clients and admins, the user named by user_id.
 
     A client's user_id is its own id for one of its users (created on the fly when create is set,
-    as a chat request does); an admin's user_id names any user, for reading.
+    as a chat request does); an admin's user_id names any user, for reading. Pass actor when the
+    caller was already authenticated, so the key is not looked up twice.
     """
-    actor = caller(params)
+    actor = actor or caller(params)
     target_id = params.get("user_id")
     if target_id in (None, ""):
         return Principal(actor, actor)
     target_id = str(target_id)
-    users = current_app.extensions["services"].users
+    users = services().users
     if actor.role == "client":
         user = users.speak_for(
             actor, target_id, text(params, "username", max_len=64), flag(params, "user_id_plus"), create

@@ -113,9 +113,8 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
-        if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            return _respond(413, "payload_too_large", f"request body is larger than {limit} bytes")
+        if status == 413:  # Werkzeug's, for a declared length or a chunked body (app/limits.py)
+            return _app_error(PayloadTooLarge(f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"))
         code = (exc.name or "error").lower().replace(" ", "_")
         return _respond(status, code, exc.description or exc.name)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 
 from flask import Flask, request
-
-from app.errors import PayloadTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge
 
 
 def install(app: Flask) -> None:
@@ -26,7 +25,7 @@ def install(app: Flask) -> None:
                 break
             body += piece
         if len(body) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            raise RequestEntityTooLarge()  # shaped like every 413, in errors.py
         # From here on the body is an ordinary one of known length.
         request.environ["wsgi.input"] = io.BytesIO(bytes(body))
         request.environ["CONTENT_LENGTH"] = str(len(body))

@@ -36,6 +36,14 @@ class Pool:
         for upstream in [*self.upstreams.values(), *self._byo_clients.values()]:
             upstream.close()
 
+    def enabled(self) -> list[Account]:
+        return [a for a in self.accounts.values() if a.enabled]
+
+    def demo_only(self) -> bool:
+        """True while every enabled account is the built-in demo (a fresh install)."""
+        enabled = self.enabled()
+        return bool(enabled) and all(a.type == "demo" for a in enabled)
+
     def eligible(self, plus: str, user_plus: bool) -> tuple[str, list[Account]]:
         """Return the class name and the enabled accounts a new conversation may use."""
         if plus not in PLUS_MODES:
@@ -45,7 +53,7 @@ class Pool:
         if plus == "any" and not user_plus:
             plus = "false"
         klass = {"false": "free", "true": "plus", "any": "any"}[plus]
-        accounts = [a for a in self.accounts.values() if a.enabled and (klass == "any" or a.plus == (klass == "plus"))]
+        accounts = [a for a in self.enabled() if klass == "any" or a.plus == (klass == "plus")]
         return klass, accounts
 
     def pick(self, plus: str, user_plus: bool) -> Upstream:

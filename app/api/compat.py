@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify
+from flask import jsonify
 
 from app import auth
 from app.api.params import flag, request_params, text
+from app.context import services
 from app.errors import BadRequest
-
-
-def services():
-    return current_app.extensions["services"]
 
 
 def recall():

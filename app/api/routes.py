@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from app import auth
 from app.api.params import choice, flag, number, request_params, text, token
+from app.context import services
 from app.pool import PLUS_MODES
 from app.render import render_markdown
 
 
-def services():
-    return current_app.extensions["services"]
-
-
 def chat():
     params = request_params()
-    auth.caller(params)  # 401 before any 400: a caller without a key learns that first
+    actor = auth.caller(params)  # 401 before any 400: a caller without a key learns that first
     prompt = text(params, "prompt", required=True, max_len=services().chat.max_prompt_chars)
     plus = choice(params, "plus", PLUS_MODES, "false")
     reply_only, pretty = flag(params, "reply_only"), flag(params, "pretty")
     access_token = token(params, "access_token")
     user_plus = flag(params, "user_plus")
-    principal = auth.principal(params, create=True)
+    principal = auth.principal(params, create=True, actor=actor)
     answer = services().chat.ask(
         principal,
         prompt,
@@ -98,14 +95,7 @@ def me():
 
 def health():
     pool = services().pool
-    enabled = [a for a in pool.accounts.values() if a.enabled]
-    return jsonify(
-        {
-            "status": "ok",
-            "accounts": len(enabled),
-            "demo_only": bool(enabled) and all(a.type == "demo" for a in enabled),
-        }
-    )
+    return jsonify({"status": "ok", "accounts": len(pool.enabled()), "demo_only": pool.demo_only()})
 
 
 def _method(params: dict) -> str:

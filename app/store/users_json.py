@@ -79,6 +79,12 @@ class JsonUserStore(UserStore):
             users = [u for u in users if u.created_by == created_by]
         return sorted(users, key=lambda u: (u.created_at, u.user_id))
 
+    def find_external(self, created_by: str, external_id: str) -> User | None:
+        for user in self._users().values():
+            if user.created_by == created_by and user.external_id == external_id:
+                return user
+        return None
+
     def count(self) -> int:
         return len(self._users())
 

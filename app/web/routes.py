@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from flask import Flask, current_app, render_template
 
+from app.context import services
+
 
 def index():
-    services = current_app.extensions["services"]
-    accounts = [a for a in services.pool.accounts.values() if a.enabled]
-    demo_only = bool(accounts) and all(a.type == "demo" for a in accounts)
+    pool = services().pool
     routes = current_app.config["SETTINGS"]["routes"]
-    return render_template("index.html", accounts=accounts, demo_only=demo_only, routes=routes)
+    return render_template("index.html", accounts=pool.enabled(), demo_only=pool.demo_only(), routes=routes)
 
 
 def register(app: Flask) -> None:
