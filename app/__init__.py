@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
-from flask import Flask
+from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import config, errors, limits
 from app.pool import Pool
@@ -14,6 +17,13 @@ from app.services import ChatService, ConversationService, UserService
 from app.store import JsonUserStore, SqlConversationStore
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """The signed session cookie, marked Secure whenever the page came over https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
 
 
 def create_app(
@@ -40,8 +50,13 @@ def create_app(
         MAX_CONTENT_LENGTH=settings["max_body_bytes"],
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(days=settings["session_days"]),
         SETTINGS=settings,
     )
+    app.session_interface = SessionInterface()
+    if settings["trusted_proxies"]:  # behind a reverse proxy: believe its X-Forwarded-* (https, host, client)
+        hops = settings["trusted_proxies"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
     app.json.sort_keys = False
 
     users = JsonUserStore(config.resolve_path(settings, settings["users_file"]))

@@ -1,8 +1,17 @@
-"""Turn a request into a Principal: who holds the key, and for whom it speaks."""
+"""Turn a request into a Principal: who holds the key, and for whom it speaks.
+
+Scripts send their key with each request (Bearer header or a key parameter). Browsers log in once:
+the signed session cookie then holds the user id and a proof derived from the key's hash, so a
+rotated key or a deleted user loses the session at its next request. The key itself never enters
+the cookie.
+"""
 
 from __future__ import annotations
 
-from flask import request
+import hashlib
+import hmac
+
+from flask import current_app, g, request, session
 
 from app.api.params import flag, text
 from app.context import services
@@ -54,3 +63,42 @@ def principal(params: dict, create: bool = False, actor: User | None = None) -> 
     if target_id == actor.user_id:
         return Principal(actor, actor)
     raise Forbidden("only admins and clients may pass user_id", param="user_id")
+
+
+# -- browser sessions ----------------------------------------------------------------------
+
+
+def _proof(user: User) -> str:
+    """Tie a session to the user's current key without putting the key (or its hash) in the cookie."""
+    secret = current_app.secret_key
+    secret = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(secret, b"session:" + user.key_hash.encode(), hashlib.sha256).hexdigest()
+
+
+def log_in(user: User) -> None:
+    """Start a fresh browser session for user (a new session, so none can be planted beforehand)."""
+    session.clear()
+    session.permanent = True
+    session["uid"] = user.user_id
+    session["proof"] = _proof(user)
+    g.session_user = user
+
+
+def log_out() -> None:
+    session.clear()
+    g.session_user = None
+
+
+def session_user() -> User | None:
+    """Return the logged-in user, or None; a session whose user is gone or whose key changed ends here."""
+    if "session_user" in g:
+        return g.session_user
+    user = None
+    uid = session.get("uid")
+    if isinstance(uid, str):
+        user = services().users.store.get(uid)
+        if user is None or not hmac.compare_digest(str(session.get("proof", "")), _proof(user)):
+            session.clear()
+            user = None
+    g.session_user = user
+    return user

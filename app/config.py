@@ -32,6 +32,18 @@ ROUTE_DEFAULTS = {
     "add_user": "/api/client/add-user",
 }
 
+# The browser pages. Actions hang below these paths: chat + "/<conversation_id>[/rename|/delete]",
+# conversations + "/delete", admin_users + "/<user_id>/key|/delete".
+PAGE_DEFAULTS = {
+    "login": "/login",
+    "logout": "/logout",
+    "chat": "/chat",
+    "conversations": "/conversations",
+    "recall": "/recall",
+    "admin_users": "/admin/users",
+    "admin_add_user": "/admin/add-user",
+}
+
 DEFAULTS = {
     "app_secret": "",
     "host": "127.0.0.1",
@@ -42,6 +54,8 @@ DEFAULTS = {
     "timeouts": {"connect": 10.0, "read": 120.0},
     "max_body_bytes": 1_048_576,
     "max_prompt_chars": 100_000,
+    "session_days": 30,
+    "trusted_proxies": 0,
     "server": {"workers": 2, "threads": 32, "timeout": 600, "keepalive": 5},
     "byo_account": {
         "base_url": "https://chatgpt.com/backend-api",
@@ -50,6 +64,7 @@ DEFAULTS = {
         "proxy": None,
     },
     "routes": dict(ROUTE_DEFAULTS),
+    "pages": dict(PAGE_DEFAULTS),
     "accounts": [],
 }
 
@@ -229,8 +244,8 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
         if key in ("timeouts", "server", "byo_account"):
             types = {"proxy": (str, type(None))} if key == "byo_account" else None
             settings[key] = _merge_section(key, DEFAULTS[key], value, types)
-        elif key == "routes":
-            settings[key] = _merge_section(key, ROUTE_DEFAULTS, value)
+        elif key in ("routes", "pages"):
+            settings[key] = _merge_section(key, DEFAULTS[key], value)
         elif key == "accounts":
             _check_type(key, value, list)
             settings[key] = value
@@ -244,6 +259,7 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
         if set(re.findall(r"<([^>]+)>", path)) != wanted:
             shown = ", ".join(f"<{w}>" for w in sorted(wanted)) or "no placeholder"
             raise ConfigError(f"routes.{name}: must contain {shown} (got {path!r})")
+    _check_pages(settings)
     if not 0 < settings["port"] < 65536:
         raise ConfigError(f"port: must be between 1 and 65535 (got {settings['port']})")
     for name in ("connect", "read"):
@@ -263,6 +279,23 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
     settings["accounts"] = accounts
     settings["base_dir"] = str(Path(base_dir).resolve())
     return settings
+
+
+def _check_pages(settings: dict) -> None:
+    """Page paths are plain absolute paths, and no two routes or pages share one."""
+    for name, path in settings["pages"].items():
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path):
+            raise ConfigError(f"pages.{name}: must be a path like /chat, without placeholders (got {path!r})")
+    seen: dict[str, str] = {}
+    for section in ("routes", "pages"):
+        for name, path in settings[section].items():
+            if path in seen:
+                raise ConfigError(f"{section}.{name}: path {path!r} is already used by {seen[path]}")
+            seen[path] = f"{section}.{name}"
+    if settings["session_days"] < 1:
+        raise ConfigError("session_days: must be 1 or more")
+    if settings["trusted_proxies"] < 0:
+        raise ConfigError("trusted_proxies: must be 0 or more")
 
 
 def resolve_path(settings: dict, value: str) -> Path:

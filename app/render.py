@@ -1,9 +1,15 @@
-"""Markdown to HTML that is safe to show: model output is untrusted, so everything is sanitised."""
+"""Markdown to HTML that is safe to show: model output is untrusted, so everything is sanitised.
+
+Two layers: raw HTML in the markdown is escaped, so a reply that contains `<script>` shows those
+characters as text; then nh3 removes whatever unsafe markup is left (a `javascript:` link, say).
+"""
 
 from __future__ import annotations
 
 import markdown
 import nh3
+from flask import Response
+from markdown.extensions import Extension
 
 ALLOWED_TAGS = {
     "p",
@@ -45,11 +51,19 @@ ALLOWED_ATTRIBUTES = {
 }
 
 
+class EscapeRawHtml(Extension):
+    """Treat HTML written in the markdown as text rather than markup."""
+
+    def extendMarkdown(self, md):
+        md.preprocessors.deregister("html_block")
+        md.inlinePatterns.deregister("html")
+
+
 def render_markdown(text: str) -> str:
     """Render markdown (fenced code highlighted by class, newlines kept) and strip anything unsafe."""
     html = markdown.markdown(
         text,
-        extensions=["fenced_code", "nl2br", "codehilite", "tables"],
+        extensions=[EscapeRawHtml(), "fenced_code", "nl2br", "codehilite", "tables"],
         extension_configs={"codehilite": {"guess_lang": False, "css_class": "codehilite"}},
     )
     return nh3.clean(
@@ -59,3 +73,10 @@ def render_markdown(text: str) -> str:
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
     )
+
+
+def reply_only_response(reply: str, pretty: bool) -> Response:
+    """Answer with the reply alone: sanitised HTML when pretty, else the text untouched."""
+    if pretty:
+        return Response(render_markdown(reply), mimetype="text/html")
+    return Response(reply, mimetype="text/plain")

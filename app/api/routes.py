@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, jsonify, request
 
 from app import auth
 from app.api.params import choice, flag, number, request_params, text, token
 from app.context import services
 from app.pool import PLUS_MODES
-from app.render import render_markdown
+from app.render import reply_only_response
 
 
 def chat():
@@ -28,10 +28,8 @@ def chat():
         access_token=access_token,
         user_plus=user_plus,
     )
-    if reply_only and pretty:
-        return Response(render_markdown(answer["reply"]), mimetype="text/html")
     if reply_only:
-        return Response(answer["reply"], mimetype="text/plain")
+        return reply_only_response(answer["reply"], pretty)
     return jsonify(answer)
 
 

@@ -1,17 +1,145 @@
-"""The browser front. For now a landing page that says what is running and how to use it."""
+"""The browser front: one blueprint of form pages at the paths settings give ("pages").
+
+Every POST carries a CSRF token (checked before any view runs); pages answer with a strict
+Content-Security-Policy, so even markup that slipped past sanitising could not run a script.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, current_app, render_template
+from urllib.parse import urlencode
 
+from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from markupsafe import Markup
+
+from app import auth
 from app.context import services
+from app.errors import AppError
+from app.render import render_markdown
+from app.web import admin, chat
+from app.web.forms import ConfirmForm, LoginForm
+from app.web.helpers import attach_error, safe_next
+
+csrf = CSRFProtect()
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+URL_KEY_PARAMS = ("user", "api_key")
+
+
+def _log_in_from_url():
+    """The original's `?user=KEY` still works: it logs in, then the key leaves the address bar."""
+    if request.method != "GET" or not any(request.args.get(name) for name in URL_KEY_PARAMS):
+        return None
+    key = next(request.args[name] for name in URL_KEY_PARAMS if request.args.get(name))
+    try:
+        auth.log_in(services().users.authenticate(key))
+    except AppError as exc:
+        form = LoginForm(formdata=None, next=request.path)
+        form.api_key.errors.append(_key_problem(exc))
+        return render_template("login.html", form=form), exc.status
+    rest = [(k, v) for k, v in request.args.items(multi=True) if k not in URL_KEY_PARAMS]
+    return redirect(request.path + ("?" + urlencode(rest) if rest else ""), 303)
+
+
+def _check_csrf():
+    if request.method == "POST":
+        csrf.protect()
+
+
+def _csrf_failed(exc: CSRFError):
+    message = "This form was not sent from this site's own page, or it expired. Send it again from the page."
+    if request.endpoint == "web.chat":  # keep what was typed
+        return chat.chat_page_with_error(message, 400)
+    return render_template("error.html", status=400, message=message), 400
+
+
+def _page_headers(response):
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
+def _page_context():
+    pool = services().pool
+    return {"me": auth.session_user(), "pages": current_app.config["SETTINGS"]["pages"], "demo_only": pool.demo_only()}
 
 
 def index():
     pool = services().pool
     routes = current_app.config["SETTINGS"]["routes"]
-    return render_template("index.html", accounts=pool.enabled(), demo_only=pool.demo_only(), routes=routes)
+    return render_template("index.html", accounts=pool.enabled(), routes=routes)
+
+
+def login():
+    form = LoginForm()
+    if request.method == "GET":
+        form.next.data = safe_next(request.args.get("next"))
+        return render_template("login.html", form=form)
+    status = 400
+    if form.validate():
+        try:
+            user = services().users.authenticate(form.api_key.data.strip())
+        except AppError as exc:
+            attach_error(form, exc, "api_key")
+            form.api_key.errors[-1] = _key_problem(exc)
+            status = exc.status
+        else:
+            auth.log_in(user)
+            flash(f"Logged in as {user.username}.")
+            return redirect(safe_next(form.next.data) or url_for("web.chat"), 303)
+    return render_template("login.html", form=form), status
+
+
+def logout():
+    form = ConfirmForm()
+    if request.method == "POST" and form.validate():
+        auth.log_out()
+        flash("You are logged out.")
+        return redirect(url_for("web.login"), 303)
+    return render_template("confirm.html", form=form, title="Log out", action=url_for("web.logout"), button="Log out")
+
+
+def _key_problem(exc: AppError) -> str:
+    if exc.status == 401 and "unknown" in exc.message:
+        return "That key is not known here. Check that you pasted all of it, or ask for a new one."
+    return exc.message
 
 
 def register(app: Flask) -> None:
-    app.add_url_rule("/", endpoint="web.index", view_func=index, methods=["GET"])
+    """Add the pages at their configured paths; actions hang below them."""
+    pages = app.config["SETTINGS"]["pages"]
+    app.config.update(WTF_CSRF_CHECK_DEFAULT=False, WTF_CSRF_TIME_LIMIT=None)
+    csrf.init_app(app)
+    rules = [
+        ("/", "index", index, ["GET"]),
+        (pages["login"], "login", login, ["GET", "POST"]),
+        (pages["logout"], "logout", logout, ["GET", "POST"]),
+        (pages["chat"], "chat", chat.chat, ["GET", "POST"]),
+        (pages["chat"] + "/<conversation_id>", "conversation", chat.chat, ["GET"]),
+        (pages["chat"] + "/<conversation_id>/rename", "rename", chat.rename, ["POST"]),
+        (pages["chat"] + "/<conversation_id>/delete", "delete", chat.delete, ["GET", "POST"]),
+        (pages["conversations"], "conversations", chat.conversations, ["GET"]),
+        (pages["conversations"] + "/delete", "delete_all", chat.delete_all, ["GET", "POST"]),
+        (pages["recall"], "recall", chat.recall, ["GET"]),
+        (pages["admin_users"], "users", admin.users, ["GET", "POST"]),
+        (pages["admin_add_user"], "add_user", admin.users, ["GET", "POST"]),
+        (pages["admin_users"] + "/<user_id>/key", "rotate", admin.rotate, ["POST"]),
+        (pages["admin_users"] + "/<user_id>/delete", "delete_user", admin.delete, ["GET", "POST"]),
+    ]
+    bp = Blueprint("web", __name__)  # one per app: tests build many apps, each with its own paths
+    for path, endpoint, view, methods in rules:
+        bp.add_url_rule(path, endpoint=endpoint, view_func=view, methods=methods)
+    bp.before_request(_log_in_from_url)
+    bp.before_request(_check_csrf)
+    bp.register_error_handler(CSRFError, _csrf_failed)
+    bp.after_app_request(_page_headers)
+    bp.app_context_processor(_page_context)
+    app.register_blueprint(bp)
+    # render_markdown escapes raw HTML and sanitises the rest with nh3, so its output is safe markup.
+    app.add_template_filter(lambda text: Markup(render_markdown(text or "")), "markdown")  # noqa: S704

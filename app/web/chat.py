@@ -1,0 +1,173 @@
+"""The chat page and the conversation list: the same service calls as /api/chat and /api/conversations."""
+
+from __future__ import annotations
+
+import json
+
+from flask import flash, redirect, render_template, request, url_for
+
+from app import auth
+from app.context import services
+from app.errors import AppError
+from app.render import reply_only_response
+from app.store.users import User
+from app.web.forms import ChatForm, ConfirmForm, RenameForm
+from app.web.helpers import attach_error, own, require_user
+
+SIDEBAR = 50
+PAGE = 50
+
+
+def chat(conversation_id: str | None = None):
+    """Show the chat (a conversation when one is named); on POST, ask and show the answer."""
+    if request.method == "POST":
+        return _ask()
+    if not conversation_id and request.args.get("conversation_id"):
+        return redirect(url_for("web.conversation", conversation_id=request.args["conversation_id"]), 303)
+    user = require_user() if conversation_id else auth.session_user()
+    form = ChatForm(formdata=None, conversation_id=conversation_id or "")
+    return _page(user, form, conversation_id)
+
+
+def _ask():
+    form = ChatForm()
+    user, status = _form_user(form), 400
+    if form.validate() and user is not None:
+        try:
+            answer = services().chat.ask(
+                own(user),
+                form.prompt.data,
+                conversation_id=form.conversation_id.data or None,
+                plus=form.plus.data if user.plus else "false",
+                access_token=(form.access_token.data or "").strip() or None,
+                user_plus=form.user_plus.data,
+            )
+        except AppError as exc:
+            attach_error(form, exc)
+            status = exc.status
+        else:
+            if form.reply_only.data:
+                return reply_only_response(answer["reply"], form.pretty.data)
+            form.prompt.data = ""
+            form.conversation_id.data = answer["conversation_id"]
+            return _page(user, form, answer["conversation_id"], answer=answer)
+    return _page(user, form, form.conversation_id.data, status=status)
+
+
+def _form_user(form: ChatForm) -> User | None:
+    """The logged-in user, or whoever's key came in the form's api_key field (which logs them in)."""
+    key = (form.api_key.data or "").strip()
+    if key:
+        try:
+            auth.log_in(services().users.authenticate(key))
+        except AppError as exc:
+            attach_error(form, exc, "api_key")
+            return None
+    user = auth.session_user()
+    if user is None and not key:
+        form.api_key.errors = ["Log in first, or paste your API key here."]
+    return user
+
+
+def chat_page_with_error(message: str, status: int):
+    """Show the chat page again with what was typed and an error above the form."""
+    form = ChatForm(meta={"csrf": False})
+    form.form_errors.append(message)
+    return _page(auth.session_user(), form, form.conversation_id.data, status=status)
+
+
+def _page(
+    user: User | None,
+    form: ChatForm,
+    conversation_id: str | None,
+    answer: dict | None = None,
+    status: int = 200,
+    rename_form: RenameForm | None = None,
+):
+    conversation = None
+    if user and conversation_id:
+        try:
+            conversation = services().conversations.get(own(user), conversation_id)
+        except AppError:
+            if status == 200:  # the page itself names a conversation that is not the user's
+                raise
+    if rename_form is None and conversation:
+        rename_form = RenameForm(formdata=None, title=conversation["title"])
+    context = {
+        "form": form,
+        "conversation": conversation,
+        "sidebar": services().conversations.list(own(user), 0, SIDEBAR) if user else None,
+        "answer_json": json.dumps(answer, indent=2, ensure_ascii=False) if answer else None,
+        "rename_form": rename_form,
+    }
+    return render_template("chat.html", **context), status
+
+
+def rename(conversation_id: str):
+    user = require_user()
+    form = RenameForm()
+    status = 400
+    if form.validate():
+        try:
+            services().conversations.rename(own(user), conversation_id, form.title.data)
+        except AppError as exc:
+            attach_error(form, exc, "title")
+            status = exc.status
+        else:
+            flash("Conversation renamed.")
+            return redirect(url_for("web.conversation", conversation_id=conversation_id), 303)
+    chat_form = ChatForm(formdata=None, conversation_id=conversation_id)
+    return _page(user, chat_form, conversation_id, status=status, rename_form=form)
+
+
+def delete(conversation_id: str):
+    user = require_user()
+    conversation = services().conversations.get(own(user), conversation_id)
+    form = ConfirmForm()
+    if request.method == "POST" and form.validate():
+        services().conversations.delete(own(user), conversation_id)
+        flash(f"Deleted “{conversation['title']}”.")
+        return redirect(url_for("web.chat"), 303)
+    return render_template(
+        "confirm.html",
+        form=form,
+        title="Delete this conversation?",
+        detail=f"“{conversation['title']}” and its {conversation['message_count']} message(s) will be gone for good.",
+        action=url_for("web.delete", conversation_id=conversation_id),
+        button="Delete",
+        cancel=url_for("web.conversation", conversation_id=conversation_id),
+    )
+
+
+def conversations():
+    user = require_user()
+    offset = request.args.get("offset", "0")
+    offset = int(offset) if offset.isdigit() and len(offset) < 10 else 0
+    listing = services().conversations.list(own(user), offset, PAGE)
+    return render_template("conversations.html", listing=listing, page=PAGE)
+
+
+def delete_all():
+    user = require_user()
+    form = ConfirmForm()
+    if request.method == "POST" and form.validate():
+        deleted = services().conversations.delete_all(own(user))["deleted"]
+        flash(f"Deleted {deleted} conversation{'' if deleted == 1 else 's'}.")
+        return redirect(url_for("web.conversations"), 303)
+    total = services().conversations.list(own(user), 0, 1)["total"]
+    return render_template(
+        "confirm.html",
+        form=form,
+        title="Delete all your conversations?",
+        detail=f"All {total} conversation(s) and their messages will be gone for good.",
+        action=url_for("web.delete_all"),
+        button="Delete all",
+        cancel=url_for("web.conversations"),
+    )
+
+
+def recall():
+    """The original's recall page: the list, or one conversation with ?conversation_id=."""
+    if request.args.get("conversation_id"):
+        return redirect(url_for("web.conversation", conversation_id=request.args["conversation_id"]), 303)
+    return redirect(url_for("web.conversations"), 303)

@@ -1,0 +1,45 @@
+"""The browser's forms. Field names are the original server's, so its users' habits keep working.
+
+Forms check only what a person can fix before sending (a field left empty); the rules themselves
+(lengths, roles, plus, ownership) live in the services, and their errors come back onto the field
+they name.
+"""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, HiddenField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.validators import InputRequired
+
+PLUS_CHOICES = [("false", "Free accounts"), ("true", "Plus accounts"), ("any", "Any account")]
+
+
+class LoginForm(FlaskForm):
+    api_key = PasswordField("API key", validators=[InputRequired("Paste your API key.")])
+    next = HiddenField()
+
+
+class ChatForm(FlaskForm):
+    api_key = PasswordField("API key")  # shown only to a visitor who has not logged in
+    prompt = TextAreaField("Message", validators=[InputRequired("Type a message first.")])
+    conversation_id = HiddenField()
+    plus = SelectField("Accounts", choices=PLUS_CHOICES, default="false")
+    pretty = BooleanField("Render markdown", default=True)
+    reply_only = BooleanField("Answer with the reply text only")
+    access_token = PasswordField("Your own ChatGPT access token")
+    user_plus = BooleanField("That token belongs to a Plus account")
+
+
+class RenameForm(FlaskForm):
+    title = StringField("Title", validators=[InputRequired("Type a title.")])
+
+
+class ConfirmForm(FlaskForm):
+    """A form whose only field is its CSRF token: delete, delete all, rotate, log out."""
+
+
+class UserForm(FlaskForm):
+    username = StringField("Name", validators=[InputRequired("Type a name for the new user.")])
+    role = SelectField("Role", choices=[("user", "User"), ("client", "Client (a program)"), ("admin", "Admin")])
+    plus = BooleanField("Plus")
+    user_id = StringField("Id (optional)")
