@@ -78,6 +78,7 @@ def _proof(user: User) -> str:
 def log_in(user: User) -> None:
     """Start a fresh browser session for user (a new session, so none can be planted beforehand)."""
     session.clear()
+    g.pop("csrf_token", None)  # Flask-WTF's per-request cache: pages rendered now need the new session's token
     session.permanent = True
     session["uid"] = user.user_id
     session["proof"] = _proof(user)
@@ -86,6 +87,7 @@ def log_in(user: User) -> None:
 
 def log_out() -> None:
     session.clear()
+    g.pop("csrf_token", None)
     g.session_user = None
 
 

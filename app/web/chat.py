@@ -12,7 +12,7 @@ from app.errors import AppError
 from app.render import reply_only_response
 from app.store.users import User
 from app.web.forms import ChatForm, ConfirmForm, RenameForm
-from app.web.helpers import attach_error, own, require_user
+from app.web.helpers import attach_error, key_problem, own, require_user
 
 SIDEBAR = 50
 PAGE = 50
@@ -31,8 +31,10 @@ def chat(conversation_id: str | None = None):
 
 def _ask():
     form = ChatForm()
-    user, status = _form_user(form), 400
-    if form.validate() and user is not None:
+    valid = form.validate()  # first: validating clears errors, and _form_user may add one
+    user = _form_user(form)
+    status = 400 if not valid else 401
+    if valid and user is not None:
         try:
             answer = services().chat.ask(
                 own(user),
@@ -61,7 +63,7 @@ def _form_user(form: ChatForm) -> User | None:
         try:
             auth.log_in(services().users.authenticate(key))
         except AppError as exc:
-            attach_error(form, exc, "api_key")
+            form.api_key.errors = [key_problem(exc)]
             return None
     user = auth.session_user()
     if user is None and not key:

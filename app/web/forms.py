@@ -23,7 +23,7 @@ class ChatForm(FlaskForm):
     api_key = PasswordField("API key")  # shown only to a visitor who has not logged in
     prompt = TextAreaField("Message", validators=[InputRequired("Type a message first.")])
     conversation_id = HiddenField()
-    plus = SelectField("Accounts", choices=PLUS_CHOICES, default="false")
+    plus = SelectField("Accounts", choices=PLUS_CHOICES, default="false", validate_choice=False)  # service checks
     pretty = BooleanField("Render markdown", default=True)
     reply_only = BooleanField("Answer with the reply text only")
     access_token = PasswordField("Your own ChatGPT access token")

@@ -38,3 +38,10 @@ def safe_next(target: str | None) -> str | None:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return None
     return target
+
+
+def key_problem(exc: AppError) -> str:
+    """Say in plain words what is wrong with a key someone pasted."""
+    if exc.status == 401 and "unknown" in exc.message:
+        return "That key is not known here. Check that you pasted all of it, or ask for a new one."
+    return exc.message

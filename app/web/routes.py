@@ -18,7 +18,7 @@ from app.errors import AppError
 from app.render import render_markdown
 from app.web import admin, chat
 from app.web.forms import ConfirmForm, LoginForm
-from app.web.helpers import attach_error, safe_next
+from app.web.helpers import key_problem, safe_next
 
 csrf = CSRFProtect()
 
@@ -38,7 +38,7 @@ def _log_in_from_url():
         auth.log_in(services().users.authenticate(key))
     except AppError as exc:
         form = LoginForm(formdata=None, next=request.path)
-        form.api_key.errors.append(_key_problem(exc))
+        form.api_key.errors.append(key_problem(exc))
         return render_template("login.html", form=form), exc.status
     rest = [(k, v) for k, v in request.args.items(multi=True) if k not in URL_KEY_PARAMS]
     return redirect(request.path + ("?" + urlencode(rest) if rest else ""), 303)
@@ -86,8 +86,7 @@ def login():
         try:
             user = services().users.authenticate(form.api_key.data.strip())
         except AppError as exc:
-            attach_error(form, exc, "api_key")
-            form.api_key.errors[-1] = _key_problem(exc)
+            form.api_key.errors = [key_problem(exc)]
             status = exc.status
         else:
             auth.log_in(user)
@@ -103,12 +102,6 @@ def logout():
         flash("You are logged out.")
         return redirect(url_for("web.login"), 303)
     return render_template("confirm.html", form=form, title="Log out", action=url_for("web.logout"), button="Log out")
-
-
-def _key_problem(exc: AppError) -> str:
-    if exc.status == 401 and "unknown" in exc.message:
-        return "That key is not known here. Check that you pasted all of it, or ask for a new one."
-    return exc.message
 
 
 def register(app: Flask) -> None:
