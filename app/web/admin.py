@@ -40,7 +40,7 @@ def users():
                 user, key = services().users.create(
                     actor,
                     form.username.data,
-                    role=form.role.data if "role" in form else "user",
+                    role=(form.role.data or "user") if "role" in form else "user",
                     plus=bool(form.plus.data) if "plus" in form else False,
                     user_id=(form.user_id.data or "").strip() or None,
                 )
@@ -75,7 +75,7 @@ def delete(user_id: str):
     detail = f"{target.username} ({target.role}, id {target.user_id}) will lose access, and their conversations go too."
     if target.role == "client" and owned:
         detail += f" The {owned} user(s) this client created are deleted with it."
-    return render_template(
+    page = render_template(
         "confirm.html",
         form=form,
         title=f"Delete {target.username}?",
@@ -84,8 +84,12 @@ def delete(user_id: str):
         button="Delete",
         cancel=url_for("web.users"),
     )
+    return page, 200, NO_STORE
+
+
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _page(actor: User, form: UserForm, created: dict | None, status: int):
     response = render_template("admin_users.html", form=form, users=services().users.list(actor), created=created)
-    return response, status, {"Cache-Control": "no-store"}
+    return response, status, NO_STORE

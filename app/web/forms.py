@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.fields import SelectChoice
 from wtforms.validators import InputRequired
 
-PLUS_CHOICES = [("false", "Free accounts"), ("true", "Plus accounts"), ("any", "Any account")]
+PLUS_CHOICES = [
+    SelectChoice("false", "Free accounts"),
+    SelectChoice("true", "Plus accounts"),
+    SelectChoice("any", "Any account"),
+]
+ROLE_CHOICES = [
+    SelectChoice("user", "User"),
+    SelectChoice("client", "Client (a program)"),
+    SelectChoice("admin", "Admin"),
+]
 
 
 class LoginForm(FlaskForm):
@@ -40,6 +50,6 @@ class ConfirmForm(FlaskForm):
 
 class UserForm(FlaskForm):
     username = StringField("Name", validators=[InputRequired("Type a name for the new user.")])
-    role = SelectField("Role", choices=[("user", "User"), ("client", "Client (a program)"), ("admin", "Admin")])
+    role = SelectField("Role", choices=ROLE_CHOICES, default="user", validate_choice=False)  # the service checks
     plus = BooleanField("Plus")
     user_id = StringField("Id (optional)")

@@ -34,8 +34,14 @@ def attach_error(form: FlaskForm, exc: AppError, default_field: str | None = Non
 
 
 def safe_next(target: str | None) -> str | None:
-    """Allow only a path on this site as a place to return to (never //elsewhere or a scheme)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Allow only a path on this site as a place to return to (never //elsewhere or a scheme).
+
+    Browsers drop tabs and newlines from addresses and read a backslash as a slash, so any of
+    those (or any other blank or control character) makes the target unsafe.
+    """
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ch.isspace() or not ch.isprintable() for ch in target):
         return None
     return target
 

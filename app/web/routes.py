@@ -38,7 +38,7 @@ def _log_in_from_url():
         auth.log_in(services().users.authenticate(key))
     except AppError as exc:
         form = LoginForm(formdata=None, next=request.path)
-        form.api_key.errors.append(key_problem(exc))
+        form.api_key.errors = [key_problem(exc)]
         return render_template("login.html", form=form), exc.status
     rest = [(k, v) for k, v in request.args.items(multi=True) if k not in URL_KEY_PARAMS]
     return redirect(request.path + ("?" + urlencode(rest) if rest else ""), 303)
