@@ -6,6 +6,8 @@ characters as text; then nh3 removes whatever unsafe markup is left (a `javascri
 
 from __future__ import annotations
 
+import functools
+
 import markdown
 import nh3
 from flask import Response
@@ -59,8 +61,22 @@ class EscapeRawHtml(Extension):
         md.inlinePatterns.deregister("html")
 
 
+CACHED_CHARS = 32_768  # replies up to this size are kept rendered: a page shows the same ones again and again
+
+
 def render_markdown(text: str) -> str:
     """Render markdown (fenced code highlighted by class, newlines kept) and strip anything unsafe."""
+    if len(text) <= CACHED_CHARS:
+        return _render_cached(text)
+    return _render(text)
+
+
+@functools.lru_cache(maxsize=512)  # at most 512 × 32 K characters
+def _render_cached(text: str) -> str:
+    return _render(text)
+
+
+def _render(text: str) -> str:
     html = markdown.markdown(
         text,
         extensions=[EscapeRawHtml(), "fenced_code", "nl2br", "codehilite", "tables"],
