@@ -85,6 +85,22 @@ def log_in(user: User) -> None:
     g.session_user = user
 
 
+def offer_log_in(user: User) -> None:
+    """Remember a key that came in a link, to be confirmed by a POST (a link alone never logs anyone in)."""
+    session["pending"] = {"uid": user.user_id, "proof": _proof(user)}
+
+
+def pending_log_in(take: bool = False) -> User | None:
+    """Return the user a link offered to log in as (removing the offer when take is set), or None."""
+    offer = session.pop("pending", None) if take else session.get("pending")
+    if not isinstance(offer, dict):
+        return None
+    user = services().users.store.get(str(offer.get("uid")))
+    if user is None or not hmac.compare_digest(str(offer.get("proof", "")), _proof(user)):
+        return None
+    return user
+
+
 def log_out() -> None:
     session.clear()
     g.pop("csrf_token", None)

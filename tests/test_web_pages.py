@@ -444,12 +444,31 @@ def test_rotating_another_users_key_on_the_page_shows_a_working_new_key(server, 
 
 
 @pytest.mark.parametrize("param", ["user", "api_key"])
-def test_key_in_the_url_logs_in_and_leaves_the_address_bar(browser, user, param):
-    """GET /conversations?user=KEY&x=1 logs in and redirects to the same page without the key."""
+def test_key_in_the_url_is_offered_then_confirmed(browser, user, param):
+    """GET /conversations?user=KEY&x=1 drops the key from the address and asks "Log in as alice?"; the POST logs in."""
     page = browser.page(f"/conversations?{param}={user['api_key']}&x=1")
-    assert page.status == 303 and path_of(page.location) == "/conversations?x=1"
-    assert user["api_key"] not in page.location
-    assert browser.page("/conversations?x=1").status == 200
+    assert page.status == 303 and user["api_key"] not in page.location
+    target = urlsplit(page.location)
+    assert target.path == "/login" and parse_qs(target.query) == {"next": ["/conversations?x=1"]}
+    assert not browser.logged_in()  # a link alone logs nobody in
+    offer = browser.page(path_of(page.location))
+    assert offer.status == 200 and "Log in as alice" in offer.text and user["api_key"] not in offer.text
+    landed = browser.submit("/login", {"confirm": "1", "next": "/conversations?x=1"})
+    assert landed.status == 303 and landed.location == "/conversations?x=1"
+    assert browser.logged_in()
+
+
+def test_key_in_a_link_never_replaces_a_session_without_asking(server, user_browser, admin):
+    """A logged-in person opening a link with someone else's key stays who they were until they confirm."""
+    user_browser.page(f"/chat?user={admin}")
+    assert "alice" in user_browser.page("/conversations").text
+
+
+def test_offered_login_without_an_offer_is_refused(browser):
+    """Confirming a link login that was never offered (or already used) is a 400 with a plain message."""
+    browser.page("/login")
+    page = browser.submit("/login", {"confirm": "1"})
+    assert page.status == 400 and "That login link has expired" in page.text
 
 
 def test_bad_key_in_the_url_shows_the_login_page_with_401(browser):
@@ -560,7 +579,9 @@ def test_header_offers_log_in_or_log_out(browser, user):
 
 def test_session_lasts_session_days(make_server, admin):
     """The cookie's lifetime follows settings session_days."""
-    page = Browser(make_server(session_days=2)).page(f"/chat?user={admin}")
+    browser = Browser(make_server(session_days=2))
+    browser.page("/login")
+    page = browser.submit("/login", {"api_key": admin})
     expires = re.search(r"Expires=([^;]+)", session_cookie(page)).group(1)
     left = parsedate_to_datetime(expires) - datetime.now(UTC)
     assert timedelta(days=1, hours=23) < left <= timedelta(days=2)
@@ -653,12 +674,12 @@ def test_someone_elses_conversation_is_404_on_the_form_and_the_page(server, admi
     assert page.status == 404 and "admin's secret" not in page.text
 
 
-def test_non_plus_user_sending_plus_true_gets_free_accounts(user_browser):
-    """A user without plus has no plus field; a forged plus=true is replaced by false (200, not 403)."""
+def test_non_plus_user_sending_plus_true_gets_the_apis_403(user_browser):
+    """A user without plus has no plus field; a forged plus=true meets the same rule as /api/chat (403, shown)."""
     assert user_browser.page("/chat").doc.find("select", id="plus") is None
     page = user_browser.submit("/chat", {"prompt": "plus please", "plus": "true", "pretty": "y"})
-    assert page.status == 200
-    assert json.loads(page.doc.find("details", cls="json").find("pre").text)["account"] == "demo"
+    assert page.status == 403 and "plus" in page.text
+    assert page.value("prompt") == "plus please"
 
 
 def test_plus_users_choice_is_used_and_its_error_shown(admin_browser):
@@ -752,13 +773,14 @@ def test_client_without_plus_has_no_plus_or_role_field(server, client_role):
     assert page.doc.find("input", id="username") is not None
 
 
-def test_client_without_plus_forging_plus_creates_no_plus_user(server, client_role):
-    """A plus=y sent anyway by a client without plus is ignored: the user is made without plus."""
+@pytest.mark.parametrize("forged", [{"plus": "y"}, {"role": "admin"}, {"role": "client"}])
+def test_client_forging_fields_meets_the_apis_403(server, client_role, forged):
+    """plus (without plus) or another role sent anyway by a client is refused as /api/users refuses it."""
     browser = Browser(server).log_in(client_role["api_key"])
     browser.page("/admin/users")
-    page = browser.submit("/admin/users", {"username": "greedy", "plus": "y"})
-    assert page.status == 201
-    assert server.get("/api/me", page.value("new-key")).json()["plus"] is False
+    page = browser.submit("/admin/users", {"username": "greedy", **forged})
+    assert page.status == 403 and page.doc.find("input", id="new-key") is None
+    assert "greedy" not in [u["username"] for u in server.get("/api/users", ADMIN_KEY).json()["users"]]
 
 
 def test_admin_creates_a_client(server, admin_browser):
@@ -1067,3 +1089,33 @@ def test_created_key_appears_only_in_its_own_response(server, admin_browser, tmp
     assert hashlib.sha256(key.encode()).hexdigest() in users_file  # only its hash is kept
     assert "POST /admin/users" in caplog.text  # the server's log was captured...
     assert key not in caplog.text and key not in "".join(str(r.args) for r in caplog.records)  # ...without the key
+
+
+# -- findings of the review of the browser front (each failed before its fix) -----------------
+
+
+@pytest.mark.parametrize("offset", ["%C2%B2", "-1", "1e3", "99999999999999999999", ""])
+def test_odd_offsets_on_the_list_page_show_the_first_page(user_browser, offset):
+    """A superscript digit, a sign or an overflow in ?offset= shows the first page, never a 500."""
+    page = user_browser.page(f"/conversations?offset={offset}")
+    assert page.status == 200 and "Your conversations" in page.text
+
+
+def test_renaming_a_missing_conversation_is_a_404_that_says_so(user_browser):
+    """Renaming a conversation that is not there answers the 404 page naming it, not an empty chat page."""
+    user_browser.page("/chat")
+    page = user_browser.submit("/chat/nope/rename", {"title": "x"})
+    assert page.status == 404 and "no conversation" in page.text and "nope" in page.text
+
+
+def test_plain_text_reply_is_never_sniffed_as_html(user_browser):
+    """reply_only without pretty answers text/plain with nosniff, so a browser never runs markup in it."""
+    page = ask_on_page(user_browser, "<script>alert(1)</script>", reply_only="y", pretty="")
+    assert page.status == 200 and page.response.headers["Content-Type"].startswith("text/plain")
+    assert page.response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_destructive_buttons_do_not_take_the_focus(user_browser):
+    """A confirmation page does not autofocus its Delete button, so a stray Enter deletes nothing."""
+    page = user_browser.page("/conversations/delete")
+    assert page.status == 200 and page.doc.find("button", type="submit").attrs.get("autofocus") is None

@@ -19,19 +19,10 @@ def _manager() -> User:
     return user
 
 
-def _user_form(actor: User, formdata=...) -> UserForm:
-    form = UserForm() if formdata is ... else UserForm(formdata=formdata)
-    if actor.role != "admin":  # a client makes plain users only
-        del form.role
-    if actor.role != "admin" and not actor.plus:  # and grants plus only if it has it
-        del form.plus
-    return form
-
-
 def users():
     """List the users the caller manages; on POST create one and show its key once."""
     actor = _manager()
-    form = _user_form(actor)
+    form = UserForm()  # the template offers a client no role, and plus only if it has plus; the service decides
     created, status = None, 200
     if request.method == "POST":
         status = 400
@@ -40,8 +31,8 @@ def users():
                 user, key = services().users.create(
                     actor,
                     form.username.data,
-                    role=(form.role.data or "user") if "role" in form else "user",
-                    plus=bool(form.plus.data) if "plus" in form else False,
+                    role=form.role.data or "user",
+                    plus=form.plus.data,
                     user_id=(form.user_id.data or "").strip() or None,
                 )
             except AppError as exc:
@@ -49,7 +40,7 @@ def users():
                 status = exc.status
             else:
                 created, status = {"user": user, "key": key, "what": "created"}, 201
-                form = _user_form(actor, formdata=None)
+                form = UserForm(formdata=None)
     return _page(actor, form, created, status)
 
 
@@ -59,7 +50,7 @@ def rotate(user_id: str):
     updated, key = services().users.rotate_key(actor, user_id)
     if updated.user_id == actor.user_id:  # rotating one's own key must not log oneself out
         auth.log_in(updated)
-    return _page(actor, _user_form(actor, formdata=None), {"user": updated, "key": key, "what": "given a new key"}, 200)
+    return _page(actor, UserForm(formdata=None), {"user": updated, "key": key, "what": "given a new key"}, 200)
 
 
 def delete(user_id: str):
@@ -71,9 +62,9 @@ def delete(user_id: str):
         extra = len(removed) - 1
         flash(f"Deleted {target.username}" + (f" and the {extra} user(s) it created." if extra else "."))
         return redirect(url_for("web.users"), 303)
-    owned = sum(1 for u in services().users.list(actor) if u.created_by == target.user_id and u.role == "user")
+    owned = len(services().users.list(target)) if target.role == "client" else 0  # a client's list is its users
     detail = f"{target.username} ({target.role}, id {target.user_id}) will lose access, and their conversations go too."
-    if target.role == "client" and owned:
+    if owned:
         detail += f" The {owned} user(s) this client created are deleted with it."
     page = render_template(
         "confirm.html",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from flask import flash, redirect, render_template, request, url_for
 
@@ -40,7 +41,7 @@ def _ask():
                 own(user),
                 form.prompt.data,
                 conversation_id=form.conversation_id.data or None,
-                plus=form.plus.data if user.plus else "false",
+                plus=form.plus.data or "false",
                 access_token=(form.access_token.data or "").strip() or None,
                 user_plus=form.user_plus.data,
             )
@@ -113,6 +114,8 @@ def rename(conversation_id: str):
         try:
             services().conversations.rename(own(user), conversation_id, form.title.data)
         except AppError as exc:
+            if exc.status == 404:  # no such conversation (any more): there is no page to show the form on
+                raise
             attach_error(form, exc, "title")
             status = exc.status
         else:
@@ -144,7 +147,7 @@ def delete(conversation_id: str):
 def conversations():
     user = require_user()
     offset = request.args.get("offset", "0")
-    offset = int(offset) if offset.isdigit() and len(offset) < 10 else 0
+    offset = int(offset) if re.fullmatch(r"[0-9]{1,9}", offset) else 0
     listing = services().conversations.list(own(user), offset, PAGE)
     return render_template("conversations.html", listing=listing, page=PAGE)
 

@@ -48,6 +48,6 @@ def safe_next(target: str | None) -> str | None:
 
 def key_problem(exc: AppError) -> str:
     """Say in plain words what is wrong with a key someone pasted."""
-    if exc.status == 401 and "unknown" in exc.message:
+    if exc.status == 401:  # a key was pasted, so the only 401 left is a key nobody has
         return "That key is not known here. Check that you pasted all of it, or ask for a new one."
     return exc.message

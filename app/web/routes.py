@@ -30,18 +30,25 @@ URL_KEY_PARAMS = ("user", "api_key")
 
 
 def _log_in_from_url():
-    """The original's `?user=KEY` still works: it logs in, then the key leaves the address bar."""
+    """The original's `?user=KEY` still works: the key leaves the address bar at once, and the
+    login page asks "Log in as NAME?" (a POST with a CSRF token), so a link planted by someone
+    else cannot log a person into another account behind their back."""
     if request.method != "GET" or not any(request.args.get(name) for name in URL_KEY_PARAMS):
         return None
     key = next(request.args[name] for name in URL_KEY_PARAMS if request.args.get(name))
+    rest = [(k, v) for k, v in request.args.items(multi=True) if k not in URL_KEY_PARAMS]
+    clean = request.path + ("?" + urlencode(rest) if rest else "")
     try:
-        auth.log_in(services().users.authenticate(key))
+        user = services().users.authenticate(key)
     except AppError as exc:
-        form = LoginForm(formdata=None, next=request.path)
+        form = LoginForm(formdata=None, next=clean)
         form.api_key.errors = [key_problem(exc)]
         return render_template("login.html", form=form), exc.status
-    rest = [(k, v) for k, v in request.args.items(multi=True) if k not in URL_KEY_PARAMS]
-    return redirect(request.path + ("?" + urlencode(rest) if rest else ""), 303)
+    current = auth.session_user()
+    if current is not None and current.user_id == user.user_id:
+        return redirect(clean, 303)
+    auth.offer_log_in(user)
+    return redirect(url_for("web.login", next=clean), 303)
 
 
 def _check_csrf():
@@ -57,9 +64,9 @@ def _csrf_failed(exc: CSRFError):
 
 
 def _page_headers(response):
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")  # a text/plain reply must stay text
     if response.mimetype == "text/html":
         response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")
     return response
@@ -80,7 +87,15 @@ def login():
     form = LoginForm()
     if request.method == "GET":
         form.next.data = safe_next(request.args.get("next"))
-        return render_template("login.html", form=form)
+        return render_template("login.html", form=form, offered=auth.pending_log_in())
+    if request.form.get("confirm"):  # "Log in as NAME?" after a link with ?user=KEY
+        user = auth.pending_log_in(take=True)
+        if user is not None:
+            auth.log_in(user)
+            flash(f"Logged in as {user.username}.")
+            return redirect(safe_next(form.next.data) or url_for("web.chat"), 303)
+        form.form_errors.append("That login link has expired. Paste the key instead.")
+        return render_template("login.html", form=form), 400
     status = 400
     if form.validate():
         try:
