@@ -80,8 +80,10 @@ def create_app(
     errors.register(app)
     limits.install(app)
     from app.api.routes import register as register_api
+    from app.openai_api.routes import register as register_v1
     from app.web.routes import register as register_web
 
     register_api(app, settings["routes"])
+    register_v1(app)
     register_web(app)
     return app

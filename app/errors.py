@@ -87,6 +87,19 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
     return body
 
 
+OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error"}
+
+
+def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict:
+    """The inside of OpenAI's error body ({"error": ...}) for one of our errors, as /v1 answers it."""
+    if code == "unauthorized":
+        code = "invalid_api_key"
+    elif code == "not_found" and param == "model":
+        code = "model_not_found"
+    kind = OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"message": message, "type": kind, "param": param, "code": code}
+
+
 def _wants_json() -> bool:
     """JSON under the API's path prefixes (configurable routes included) or when JSON is asked for."""
     if request.path.startswith(current_app.config.get("JSON_PREFIXES", ("/api", "/v1"))):
@@ -95,7 +108,9 @@ def _wants_json() -> bool:
 
 
 def _respond(status: int, code: str, message: str, param: str | None = None) -> Response:
-    if _wants_json():
+    if request.path.startswith("/v1/"):
+        response = jsonify({"error": openai_error(status, code, message, param)})
+    elif _wants_json():
         response = jsonify(error_body(status, code, message, param))
     else:
         response = Response(render_template("error.html", status=status, message=message), mimetype="text/html")

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 
 from app.config import Account
-from app.errors import Conflict, Forbidden, NoAccountAvailable
+from app.errors import Conflict, Forbidden, NoAccountAvailable, NotFound
 from app.upstream import Upstream, build
 
 PLUS_MODES = ("false", "true", "any")
@@ -67,6 +67,22 @@ class Pool:
             )
         index = self._next_cursor(klass) % len(accounts)
         return self.upstreams[accounts[index].name]
+
+    def pick_model(self, model: str | None, user_plus: bool) -> Upstream:
+        """Pick the next account serving model among all the caller may use (any account when model is empty)."""
+        _klass, accounts = self.eligible("any", user_plus)
+        if model:
+            accounts = [a for a in accounts if a.model == model]
+        if not accounts:
+            if model:
+                raise NotFound(f"the model {model!r} does not exist or you do not have access to it", param="model")
+            raise NoAccountAvailable("no enabled account is configured; add one to settings.json")
+        index = self._next_cursor(f"model:{model or '*'}:{int(user_plus)}") % len(accounts)
+        return self.upstreams[accounts[index].name]
+
+    def models(self, user_plus: bool) -> list[str]:
+        """Return the models of the accounts the caller may use, each once, in settings order."""
+        return list(dict.fromkeys(a.model for a in self.eligible("any", user_plus)[1]))
 
     def pinned(self, account_name: str) -> Upstream:
         """Return the account a conversation is pinned to, or Conflict if it is gone or disabled."""

@@ -24,6 +24,52 @@ def fallback_title(prompt: str) -> str:
     return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1].rstrip() + "…"
 
 
+MESSAGE_ROLES = ("system", "developer", "user", "assistant")
+
+
+def message_text(content, where: str) -> str:
+    """Return a message's text: a string, or the text parts of a content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise BadRequest(f"{where}: only text parts are supported", param="messages")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise BadRequest(f"{where}.content must be a string or a list of text parts", param="messages")
+
+
+def check_messages(messages, max_chars: int) -> list[dict]:
+    """Return the messages as plain {role, content} pairs, or BadRequest naming what is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list", param="messages")
+    clean, total = [], 0
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise BadRequest(f"{where} must be an object", param="messages")
+        role = message.get("role")
+        if role not in MESSAGE_ROLES:
+            raise BadRequest(f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}", param="messages")
+        text = message_text(message.get("content"), where)
+        total += len(text)
+        clean.append({"role": role, "content": text})
+    if total > max_chars:
+        raise BadRequest(f"messages hold more than {max_chars} characters", param="messages")
+    if not any(m["role"] == "user" and m["content"].strip() for m in clean):
+        raise BadRequest("messages need at least one user message with text", param="messages")
+    return clean
+
+
+def fold_messages(messages: list[dict]) -> str:
+    """Fold a message list into one prompt, for account types that take a single turn."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
 @dataclass
 class Plan:
     """Where a turn goes and what it carries, decided before any byte leaves."""
@@ -64,6 +110,20 @@ class ChatService:
         """Check everything, then return a generator of Delta events ending with the answer JSON."""
         plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
         return self._run(principal, plan)
+
+    def complete_stream(
+        self, principal: Principal, messages, model: str | None
+    ) -> tuple[Upstream, Iterator[Delta | Done]]:
+        """Answer a stateless /v1 request: check the messages, pick an account serving model, stream.
+
+        Nothing is stored: the caller sends the whole history each time.
+        """
+        if not principal.may_write:
+            raise Forbidden("admins may read other users' conversations but not chat as them")
+        clean = check_messages(messages, self.max_prompt_chars)
+        upstream = self.pool.pick_model(model, principal.user.plus)
+        turn = Turn(prompt=fold_messages(clean), model=upstream.account.model, messages=tuple(clean))
+        return upstream, upstream.stream(turn)
 
     # -- deciding ------------------------------------------------------------------------
 

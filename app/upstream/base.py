@@ -19,6 +19,9 @@ class Turn:
     history: list[tuple[str, str]] = field(default_factory=list)  # (prompt, reply), oldest first
     upstream_conversation_id: str | None = None
     upstream_parent_id: str | None = None
+    # A /v1 caller's own message list, sent as it is where the account type takes messages (openai);
+    # the others get it folded into prompt as one turn.
+    messages: tuple[dict, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from app.upstream.http import upstream_message
 
 
 def chat_messages(turn: Turn) -> list[dict]:
-    """Turn stored history and the new prompt into Chat Completions messages."""
+    """Turn stored history and the new prompt into Chat Completions messages (a /v1 caller's go as they are)."""
+    if turn.messages is not None:
+        return list(turn.messages)
     messages = []
     for prompt, reply in turn.history:
         messages.append({"role": "user", "content": prompt})

@@ -1,0 +1,134 @@
+"""POST /v1/chat/completions and GET /v1/models, in OpenAI's shapes.
+
+Stateless: the caller sends the whole history in `messages`, and nothing is stored. Errors use
+OpenAI's shape ({"error": {"message", "type", "param", "code"}}), made in app/errors.py.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+from flask import Flask, jsonify, request
+
+from app import auth
+from app.context import services
+from app.errors import AppError, BadRequest, openai_error
+from app.sse import event, sse_response
+from app.upstream import Done, Upstream
+
+OWNER = "chatgpt-api-server"
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def chat_completions():
+    caller = auth.caller({})  # Authorization: Bearer KEY
+    body = _body()
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("model must be a string", param="model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be true or false", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("stream_options must be an object", param="stream_options")
+    upstream, events = services().chat.complete_stream(auth.principal({}, actor=caller), body.get("messages"), model)
+    reply = Reply(upstream, model)
+    if stream:
+        return sse_response(reply.chunks(events, bool(options.get("include_usage"))))
+    return jsonify(reply.whole(events))
+
+
+class Reply:
+    """Shape one upstream reply as a chat.completion, or as chat.completion.chunk events."""
+
+    def __init__(self, upstream: Upstream, asked_model: str | None):
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = asked_model or upstream.account.model
+
+    def whole(self, events) -> dict:
+        pieces, done = [], None
+        for item in events:
+            if isinstance(item, Done):
+                done = item
+            else:
+                pieces.append(item.text)
+        text = "".join(pieces)
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": _finish(done),
+                }
+            ],
+            "usage": _usage(done, text),
+        }
+
+    def chunks(self, events, include_usage: bool) -> Iterator[str]:
+        said = []
+        try:
+            yield event(self._chunk({"role": "assistant", "content": ""}))
+            done = None
+            for item in events:
+                if isinstance(item, Done):
+                    done = item
+                else:
+                    said.append(item.text)
+                    yield event(self._chunk({"content": item.text}))
+            yield event(self._chunk({}, _finish(done)))
+            if include_usage:
+                yield event({**self._head(), "choices": [], "usage": _usage(done, "".join(said))})
+            yield event("[DONE]")
+        except AppError as exc:  # the upstream failed mid-stream: an error event, as OpenAI sends one
+            yield event({"error": openai_error(exc.status, exc.code, exc.message, exc.param)})
+        finally:
+            events.close()  # the caller went away: close the upstream request now
+
+    def _head(self) -> dict:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
+        return {**self._head(), "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def _finish(done: Done | None) -> str:
+    reason = done.finish_reason if done else "stop"
+    return reason if reason in ("stop", "length", "content_filter", "tool_calls") else "stop"
+
+
+def _usage(done: Done | None, text: str) -> dict:
+    """The upstream's token counts, or (for account types that give none) zeros for the prompt and
+    a rough count of the reply at four characters a token."""
+    usage = (done.usage if done else None) or {}
+    prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+    completion = usage.get("completion_tokens")
+    completion = completion if isinstance(completion, int) else (len(text) + 3) // 4
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def models():
+    caller = auth.caller({})
+    names = services().pool.models(caller.plus)
+    return jsonify(
+        {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": OWNER} for n in names]}
+    )
+
+
+def register(app: Flask) -> None:
+    app.add_url_rule("/v1/chat/completions", endpoint="v1.chat", view_func=chat_completions, methods=["POST"])
+    app.add_url_rule("/v1/models", endpoint="v1.models", view_func=models, methods=["GET"])
