@@ -1,15 +1,46 @@
-"""Run chatgpt-api-server with a production WSGI server (gunicorn, threaded workers)."""
+"""Run chatgpt-api-server with a production WSGI server: gunicorn with gevent workers (or threads)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import sys
+from pathlib import Path
 
-from gunicorn.app.base import BaseApplication
+DEFAULT_WORKER_CLASS = "gevent"  # the same default as app/config.py DEFAULTS["server"] (a test checks)
 
-from app import create_app
-from app.errors import ConfigError
+
+def worker_class(settings_path: str) -> str:
+    """Read server.worker_class straight from the file, before anything else is imported."""
+    try:
+        raw = json.loads(Path(settings_path).read_text())
+        chosen = raw["server"]["worker_class"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_WORKER_CLASS  # a missing or broken file is reported properly by config.load
+    return chosen if isinstance(chosen, str) else DEFAULT_WORKER_CLASS
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--settings", default="settings.json", help="settings file (made on first run)")
+    parser.add_argument("--host", help="address to listen on (default: settings host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: settings port, 5000)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__" and worker_class(parse_args(None).settings) == "gevent":
+    # gevent must patch sockets, ssl and locks before requests, SQLAlchemy or Flask create any,
+    # or a lock made before the patch could block a whole worker.
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import logging  # noqa: E402
+
+from gunicorn.app.base import BaseApplication  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.errors import ConfigError  # noqa: E402
 
 # The access log names the path only: a key sent as ?user=KEY must never reach a log.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
@@ -30,11 +61,7 @@ class Server(BaseApplication):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--settings", default="settings.json", help="settings file (made on first run)")
-    parser.add_argument("--host", help="address to listen on (default: settings host, 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (default: settings port, 5000)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
@@ -53,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.host or settings["host"], args.port or settings["port"]
     server = settings["server"]
     print(f"  Serving on http://{host}:{port}  (settings: {args.settings})", flush=True)
+    if server["worker_class"] == "gevent" and "gevent.monkey" not in sys.modules:
+        print("settings error: server.worker_class gevent needs main.py run as the program", file=sys.stderr)
+        return 2
     Server(
         app,
         {
             "bind": f"{host}:{port}",
             "workers": int(server["workers"]),
-            "worker_class": "gthread",
+            "worker_class": server["worker_class"],
+            "worker_connections": int(server["worker_connections"]),
             "threads": int(server["threads"]),
             "timeout": int(server["timeout"]),
             "keepalive": int(server["keepalive"]),

@@ -56,7 +56,16 @@ DEFAULTS = {
     "max_prompt_chars": 100_000,
     "session_days": 30,
     "trusted_proxies": 0,
-    "server": {"workers": 2, "threads": 32, "timeout": 600, "keepalive": 5},
+    # gevent: one greenlet per connection, so a worker holds many open streams (main.py patches the
+    # standard library for it before anything else is imported); gthread: one thread per request.
+    "server": {
+        "worker_class": "gevent",
+        "workers": 2,
+        "worker_connections": 1000,
+        "threads": 32,
+        "timeout": 600,
+        "keepalive": 5,
+    },
     "byo_account": {
         "base_url": "https://chatgpt.com/backend-api",
         "model": "auto",
@@ -87,6 +96,7 @@ ACCOUNT_KEYS = {
 }
 
 PROXY_SCHEMES = ("socks5", "socks5h", "http", "https")
+WORKER_CLASSES = ("gevent", "gthread")
 NUMBER = (int, float)
 
 
@@ -260,6 +270,14 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
             shown = ", ".join(f"<{w}>" for w in sorted(wanted)) or "no placeholder"
             raise ConfigError(f"routes.{name}: must contain {shown} (got {path!r})")
     _check_pages(settings)
+    server = settings["server"]
+    if server["worker_class"] not in WORKER_CLASSES:
+        raise ConfigError(
+            f"server.worker_class: must be one of {', '.join(WORKER_CLASSES)} (got {server['worker_class']!r})"
+        )
+    for name in ("workers", "worker_connections", "threads"):
+        if server[name] < 1:
+            raise ConfigError(f"server.{name}: must be 1 or more")
     if not 0 < settings["port"] < 65536:
         raise ConfigError(f"port: must be between 1 and 65535 (got {settings['port']})")
     for name in ("connect", "read"):

@@ -291,3 +291,27 @@ def test_bad_settings_exit_2_naming_the_culprit(launch, tmp_path, text, culprit)
     assert culprit in output
     assert "Traceback" not in output
     assert not (folder / "users.json").exists()
+
+
+def test_default_worker_class_is_gevent_in_both_places():
+    """main.py decides whether to patch for gevent before it can import app.config: both defaults agree."""
+    import main
+    from app.config import DEFAULTS
+
+    assert main.DEFAULT_WORKER_CLASS == DEFAULTS["server"]["worker_class"] == "gevent"
+
+
+@pytest.mark.parametrize("kind", ["gevent", "gthread"])
+def test_both_worker_classes_serve_chats_and_streams(launch, tmp_path, kind):
+    """server.worker_class picks gunicorn's worker; either way chats and streams are answered."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    settings = {"accounts": [{"name": "demo", "type": "demo"}], "server": {"worker_class": kind, "workers": 1}}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    proc = launch(folder)
+    key = printed_keys(proc)[0]
+    assert f"Using worker: {kind}" in proc.stdout + proc.stderr
+    assert proc.get("/api/chat", params={"prompt": "hi", "user": key}).json()["status"] == "success"
+    stream = proc.get("/api/chat", params={"prompt": "hi", "user": key, "stream": "true"})
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+    assert stream.text.count("event: delta") > 1 and "event: done" in stream.text
