@@ -39,3 +39,84 @@ document.addEventListener("DOMContentLoaded", () => {
   const turns = document.querySelectorAll(".messages .turn");
   if (turns.length) turns[turns.length - 1].scrollIntoView({ block: "start" });
 });
+
+// Show the reply as it streams: the chat form is sent with fetch and read as server-sent events.
+// Without JavaScript (or on any trouble before the stream starts) the form is simply posted.
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.getElementById("ask");
+  if (!form || !window.fetch || !window.TextDecoder) return;
+  form.addEventListener("submit", async (event) => {
+    if (form.elements.reply_only && form.elements.reply_only.checked) return;
+    if (!form.elements.prompt.value.trim()) return; // let the server say what is missing
+    event.preventDefault();
+    const prompt = form.elements.prompt.value;
+    const send = form.querySelector("button[type=submit]");
+    let response;
+    try {
+      response = await fetch(form.action, {
+        method: "POST",
+        body: new FormData(form),
+        headers: { Accept: "text/event-stream" },
+        credentials: "same-origin",
+      });
+    } catch {
+      form.submit();
+      return;
+    }
+    const type = response.headers.get("Content-Type") || "";
+    if (!response.ok || !type.startsWith("text/event-stream")) {
+      form.submit(); // the page with the error, shown next to its field
+      return;
+    }
+    send.disabled = true;
+    form.elements.prompt.value = "";
+    const reply = showTurn(form, prompt);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const name = (block.match(/^event: (.*)$/m) || [])[1];
+        const data = JSON.parse((block.match(/^data: (.*)$/m) || [, "null"])[1]);
+        if (name === "delta") reply.textContent += data.text;
+        if (name === "done") {
+          location.assign(form.dataset.chat + "/" + encodeURIComponent(data.conversation_id));
+          return;
+        }
+        if (name === "error") {
+          reply.parentElement.insertAdjacentHTML("beforeend", '<p class="error" role="alert"></p>');
+          reply.parentElement.lastElementChild.textContent = data.message;
+          reply.parentElement.removeAttribute("aria-busy");
+          form.elements.prompt.value = prompt;
+          send.disabled = false;
+          return;
+        }
+      }
+    }
+  });
+});
+
+function showTurn(form, prompt) {
+  let list = document.querySelector("ol.messages");
+  if (!list) {
+    list = document.createElement("ol");
+    list.className = "messages";
+    list.setAttribute("aria-label", "Messages, oldest first");
+    form.before(list);
+  }
+  const turn = document.createElement("li");
+  turn.className = "turn";
+  turn.innerHTML =
+    '<div class="msg you"><h2 class="who">You</h2><div class="text"></div></div>' +
+    '<div class="msg bot" aria-live="polite" aria-busy="true"><h2 class="who">Assistant</h2><div class="text streaming"></div></div>';
+  turn.querySelector(".you .text").textContent = prompt;
+  list.append(turn);
+  turn.scrollIntoView({ block: "start" });
+  return turn.querySelector(".bot .text");
+}

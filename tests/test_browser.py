@@ -437,3 +437,33 @@ def test_every_form_field_has_an_accessible_label(live, open_window, page):
     create_on_page(page, "labelled")
     expect(page.get_by_label("API key for labelled (user)", exact=True)).to_have_count(1)
     assert_all_fields_labelled(page)
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+def test_chat_page_shows_the_reply_while_it_streams(live, openai_fake, page):
+    """With JavaScript the reply grows on the page as the upstream sends it, then the page shows it rendered."""
+    openai_fake.reply_text = "one two three four five six seven eight nine ten **done**"
+    openai_fake.chunk_size = 4
+    openai_fake.stream_delay = 0.15  # about 2 s for the whole reply
+    log_in(page, live, ADMIN_KEY)
+    page.locator("#prompt").fill("count for me")
+    with page.expect_navigation(timeout=15_000):  # to /chat/<id> once the stream is done
+        page.get_by_role("button", name="Send", exact=True).click()
+        growing = page.locator(".msg.bot .text.streaming")
+        expect(growing).to_contain_text("one", timeout=5_000)
+        partial = growing.inner_text()
+        assert "ten" not in partial  # seen before the upstream finished
+        expect(page.locator(".msg.you .text").last).to_have_text("count for me")
+    assert re.search(r"/chat/[0-9a-f-]{36}$", page.url)
+    expect(page.locator(".msg.bot .markdown strong")).to_have_text("done")
+
+
+def test_stream_error_is_shown_and_the_prompt_given_back(live, openai_fake, page):
+    """An upstream failure before the stream starts shows the error page's message with the prompt kept."""
+    openai_fake.fail_status = 500
+    log_in(page, live, ADMIN_KEY)
+    assert send(page, "will fail") == 502
+    expect(page.locator("div.form-errors")).to_be_visible()
+    expect(page.locator("#prompt")).to_have_value("will fail")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from flask import Flask, jsonify, request
 
 from app import auth
 from app.api.params import choice, flag, number, request_params, text, token
 from app.context import services
-from app.errors import AppError, error_body
 from app.pool import PLUS_MODES
 from app.render import reply_only_response
-from app.sse import event, sse_response
+from app.sse import chat_events, opened, sse_response
 
 
 def chat():
@@ -31,25 +28,11 @@ def chat():
         "user_plus": user_plus,
     }
     if flag(params, "stream"):  # everything is checked and the account chosen before the first byte
-        return sse_response(chat_events(services().chat.ask_stream(principal, prompt, **options)))
+        return sse_response(chat_events(opened(services().chat.ask_stream(principal, prompt, **options))))
     answer = services().chat.ask(principal, prompt, **options)
     if reply_only:
         return reply_only_response(answer["reply"], pretty)
     return jsonify(answer)
-
-
-def chat_events(events) -> Iterator[str]:
-    """Turn a chat's events into SSE: `delta` per piece of text, then `done` (the answer) or `error`."""
-    try:
-        for item in events:
-            if isinstance(item, dict):
-                yield event(item, "done")
-            else:
-                yield event({"text": item.text}, "delta")
-    except AppError as exc:  # the upstream failed after the stream began: say so in the stream
-        yield event(error_body(exc.status, exc.code, exc.message, exc.param), "error")
-    finally:
-        events.close()  # the caller went away: close the upstream now and keep the partial reply
 
 
 def conversations():

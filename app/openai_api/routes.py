@@ -15,7 +15,7 @@ from flask import Flask, jsonify, request
 from app import auth
 from app.context import services
 from app.errors import AppError, BadRequest, openai_error
-from app.sse import event, sse_response
+from app.sse import event, opened, sse_response
 from app.upstream import Done, Upstream
 
 OWNER = "chatgpt-api-server"
@@ -43,7 +43,7 @@ def chat_completions():
     upstream, events = services().chat.complete_stream(auth.principal({}, actor=caller), body.get("messages"), model)
     reply = Reply(upstream, model)
     if stream:
-        return sse_response(reply.chunks(events, bool(options.get("include_usage"))))
+        return sse_response(reply.chunks(opened(events), bool(options.get("include_usage"))))
     return jsonify(reply.whole(events))
 
 

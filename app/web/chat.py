@@ -11,6 +11,7 @@ from app import auth
 from app.context import services
 from app.errors import AppError
 from app.render import reply_only_response
+from app.sse import chat_events, opened, sse_response
 from app.store.users import User
 from app.web.forms import ChatForm, ConfirmForm, RenameForm
 from app.web.helpers import attach_error, key_problem, own, require_user
@@ -36,15 +37,17 @@ def _ask():
     user = _form_user(form)
     status = 400 if not valid else 401
     if valid and user is not None:
+        options = {
+            "conversation_id": form.conversation_id.data or None,
+            "plus": form.plus.data or "false",
+            "access_token": (form.access_token.data or "").strip() or None,
+            "user_plus": form.user_plus.data,
+        }
         try:
-            answer = services().chat.ask(
-                own(user),
-                form.prompt.data,
-                conversation_id=form.conversation_id.data or None,
-                plus=form.plus.data or "false",
-                access_token=(form.access_token.data or "").strip() or None,
-                user_plus=form.user_plus.data,
-            )
+            if _wants_stream(form):  # the page's script shows the reply as it comes
+                events = opened(services().chat.ask_stream(own(user), form.prompt.data, **options))
+                return sse_response(chat_events(events))
+            answer = services().chat.ask(own(user), form.prompt.data, **options)
         except AppError as exc:
             attach_error(form, exc)
             status = exc.status
@@ -55,6 +58,10 @@ def _ask():
             form.conversation_id.data = answer["conversation_id"]
             return _page(user, form, answer["conversation_id"], answer=answer)
     return _page(user, form, form.conversation_id.data, status=status)
+
+
+def _wants_stream(form: ChatForm) -> bool:
+    return not form.reply_only.data and "text/event-stream" in request.headers.get("Accept", "")
 
 
 def _form_user(form: ChatForm) -> User | None:
