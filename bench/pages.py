@@ -38,7 +38,9 @@ def main() -> None:
         proc, url = start_server(Path(folder), fake.url)
         try:
             browser = requests.Session()
-            browser.get(f"{url}/chat?user={ADMIN_KEY}")
+            login = browser.get(url + "/login").text  # a key in a link only offers a login now: post the form
+            login_token = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
+            browser.post(url + "/login", data={"csrf_token": login_token, "api_key": ADMIN_KEY}).raise_for_status()
             token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get(url + "/chat").text).group(1)
             form = {"csrf_token": token, "prompt": "plan it", "pretty": "y"}
             first = browser.post(url + "/chat", data=form)
