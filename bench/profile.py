@@ -1,0 +1,109 @@
+"""Profile the server under load: which functions a worker spends its time in.
+
+    python3 bench/profile.py [--route api|v1] [--stream] [--seconds 8] [--concurrency 32]
+
+Starts the fast fake upstream and the server (settings defaults, one worker so the profile sees
+every request), drives it with the benchmark's load generator, samples that worker with py-spy
+(`pip install py-spy`) and prints the share of samples spent in each of our functions and in the
+libraries underneath, inclusive of what they call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen  # noqa: E402
+from run import HOST, Routes, start_fake, start_server, stop  # noqa: E402
+
+BUCKETS = [  # (label, substring of a frame) — checked in order; a sample counts once per label
+    ("app/upstream (talking to the upstream)", "app/upstream/"),
+    ("app/services/chat.py", "app/services/chat.py"),
+    ("app/store (SQLite writes and reads)", "app/store/"),
+    ("app/pool.py (round-robin cursor)", "app/pool.py"),
+    ("app/auth.py + users.py (key check)", "app/services/users.py"),
+    ("app/openai_api + app/api (shaping)", "app/openai_api/"),
+    ("  sqlalchemy", "sqlalchemy/"),
+    ("  requests/urllib3", "urllib3/"),
+    ("  flask/werkzeug", "werkzeug/"),
+    ("  gunicorn/gevent (accepting, writing)", "gunicorn/"),
+    ("  json", "json/"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--route", choices=["api", "v1"], default="v1")
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        fake, fake_port = start_fake(Path(folder))
+        proc, url = start_server(Path(folder), f"http://{HOST}:{fake_port}/v1", {"workers": 1})
+        try:
+            port = int(url.rsplit(":", 1)[1])
+            worker = psutil.Process(proc.pid).children()[0].pid
+            _port, request, marker = Routes(0, port).request(args.route, args.stream)
+            out = Path(folder) / "profile.txt"
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(worker),
+                    "-d",
+                    str(args.seconds),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            cells = []
+            while spy.poll() is None:
+                cells.append(asyncio.run(loadgen.run_cell(HOST, port, request, 400, args.concurrency, marker)))
+            errors = sum(sum(c.errors.values()) for c in cells)
+            print(
+                f"{len(cells) * 400} requests at concurrency {args.concurrency}, {errors} errors, "
+                f"{sum(c.rps for c in cells) / len(cells):.0f} req/s"
+            )
+            report(out)
+        finally:
+            stop(proc)
+            stop(fake)
+
+
+def report(path: Path) -> None:
+    """Print the inclusive share of samples per bucket from py-spy's raw (collapsed stacks) output."""
+    counts: collections.Counter = collections.Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        n = int(n)
+        if "(gevent/hub.py)" in stack.split(";")[-1] or "wait" in stack.split(";")[-1]:
+            counts["(idle: waiting in the gevent hub)"] += n
+        samples += n
+        for label, needle in BUCKETS:
+            if needle in stack:
+                counts[label] += n
+    print(f"{samples} samples of one gevent worker under load")
+    for label, n in counts.most_common():
+        print(f"  {100 * n / samples:5.1f}%  {label}")
+
+
+if __name__ == "__main__":
+    main()
