@@ -73,32 +73,41 @@ document.addEventListener("DOMContentLoaded", () => {
     const reply = showTurn(form, prompt);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
+    const fail = (message) => {
+      const bot = reply.parentElement;
+      bot.insertAdjacentHTML("beforeend", '<p class="error" role="alert"></p>');
+      bot.lastElementChild.textContent = message;
+      bot.removeAttribute("aria-busy");
+      form.elements.prompt.value = prompt;
+      send.disabled = false;
+    };
     let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const name = (block.match(/^event: (.*)$/m) || [])[1];
-        const data = JSON.parse((block.match(/^data: (.*)$/m) || [, "null"])[1]);
-        if (name === "delta") reply.textContent += data.text;
-        if (name === "done") {
-          location.assign(form.dataset.chat + "/" + encodeURIComponent(data.conversation_id));
-          return;
-        }
-        if (name === "error") {
-          reply.parentElement.insertAdjacentHTML("beforeend", '<p class="error" role="alert"></p>');
-          reply.parentElement.lastElementChild.textContent = data.message;
-          reply.parentElement.removeAttribute("aria-busy");
-          form.elements.prompt.value = prompt;
-          send.disabled = false;
-          return;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const fields = {};
+          for (const line of buffer.slice(0, end).split("\n")) {
+            const colon = line.indexOf(": ");
+            if (colon > 0) fields[line.slice(0, colon)] = line.slice(colon + 2);
+          }
+          buffer = buffer.slice(end + 2);
+          const data = JSON.parse(fields.data || "null");
+          if (fields.event === "delta") reply.textContent += data.text;
+          if (fields.event === "done") {
+            location.assign(form.dataset.chat + "/" + encodeURIComponent(data.conversation_id));
+            return;
+          }
+          if (fields.event === "error") return fail(data.message);
         }
       }
+    } catch {
+      // fall through: the connection broke or an event could not be read
     }
+    fail("The reply stopped before it was complete. Your message is back in the box: send it again.");
   });
 });
 

@@ -467,3 +467,12 @@ def test_stream_error_is_shown_and_the_prompt_given_back(live, openai_fake, page
     assert send(page, "will fail") == 502
     expect(page.locator("div.form-errors")).to_be_visible()
     expect(page.locator("#prompt")).to_have_value("will fail")
+
+
+def test_streamed_reply_with_line_separators_completes(live, openai_fake, page):
+    """A reply holding U+2028/U+2029 streams to the end and is shown whole (the page's event reader keeps up)."""
+    openai_fake.reply_text = "first\u2028second\u2029third"
+    log_in(page, live, ADMIN_KEY)
+    send(page, "odd characters")
+    assert re.search(r"/chat/[0-9a-f-]{36}$", page.url)
+    expect(page.locator(".msg.bot .markdown")).to_contain_text("third")

@@ -795,3 +795,71 @@ def test_v1_is_stateless(mixed, admin, sdk):
             list(client.chat.completions.create(model=model, messages=HISTORY, stream=True))
         assert conversation_total(server, key) == 0
     assert server.get("/api/conversations", admin).json()["total"] == 0
+
+
+# -- findings of the review of streaming and /v1 (each failed before its fix) ------------------
+
+
+def test_v1_caller_leaving_right_after_the_role_chunk_closes_the_upstream(make_server, admin):
+    """Gone after the first (role) chunk, before any text: the upstream is still closed at once."""
+    with SlowUpstream("openai", LONG_REPLY, gap=0.3) as slow:
+        server, key = start_with_user(make_server, admin, [openai_account(slow)])
+        body = {"messages": [{"role": "user", "content": "a long story"}], "stream": True}
+        sock = raw_request(server, "POST", "/v1/chat/completions", key, body)
+        read_until(sock, lambda evs: any('"role":"assistant"' in data for _, data in evs))
+        sock.close()
+        left = time.monotonic()
+        assert slow.hung_up.wait(1.5), "the upstream request was still open 1.5 s after the caller left"
+        assert slow.hung_up_at - left < 1.5
+
+
+def test_line_separators_in_a_reply_stay_escaped_in_every_event(server, admin):
+    """U+2028, U+2029 and U+0085 never appear raw in a stream, so line-based readers keep each event whole."""
+    prompt = "a\u2028b\u2029c\x85d"
+    raw = requests.get(
+        server.url + "/api/chat",
+        params={"prompt": prompt, "stream": "true"},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=30,
+    ).content.decode()
+    assert not {"\u2028", "\u2029", "\x85"} & set(raw)
+    done = [line for line in raw.split("\n") if line.startswith("data: ") and '"status"' in line][-1]
+    assert json.loads(done[6:])["api_prompt"] == prompt
+
+
+def test_v1_deeply_nested_json_is_a_400(server, admin):
+    """A body nested deeper than the parser goes is a 400 in OpenAI's shape, not a 500."""
+    response = requests.post(
+        server.url + "/v1/chat/completions",
+        data="[" * 100_000 + "]" * 100_000,
+        headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ({"stream": None}, 200),
+        ({"stream_options": {"include_usage": "no"}}, 400),
+        ({"messages": [{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]}, 200),
+    ],
+)
+def test_v1_fields_as_openai_allows_them(server, admin, extra, status):
+    """stream: null is false, include_usage must be a boolean, an assistant message may have null content."""
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    response = requests.post(
+        server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=30
+    )
+    assert response.status_code == status, response.text
+
+
+def test_v1_model_retrieve_and_bearer_only(server, admin):
+    """client.models.retrieve works; /v1 asks for a Bearer key by name (a `user` field is not a key)."""
+    client = OpenAI(base_url=server.url + "/v1", api_key=admin, max_retries=0)
+    assert client.models.retrieve("demo").id == "demo"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+    response = requests.get(server.url + "/v1/models", params={"user": admin}, timeout=30)
+    assert response.status_code == 401 and "Authorization: Bearer" in response.json()["error"]["message"]

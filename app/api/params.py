@@ -19,18 +19,23 @@ def request_params() -> dict:
     params = {k: v for k, v in request.args.items()}
     if request.method in ("POST", "PATCH", "PUT", "DELETE") and request.content_length != 0:
         if request.is_json:
-            try:
-                body = request.get_json(silent=True)
-            except RecursionError:  # nesting deeper than the parser goes
-                body = None
-            if body is None and request.get_data(cache=True):
-                raise BadRequest("request body is not valid JSON")
-            if body is not None and not isinstance(body, dict):
-                raise BadRequest("request body must be a JSON object")
-            params.update(body or {})
+            params.update(json_object(required=False) or {})
         elif request.form:
             params.update(request.form.items())
     return params
+
+
+def json_object(required: bool = True) -> dict | None:
+    """Return the request's JSON object body (None if empty and not required), or BadRequest."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nesting deeper than the parser goes
+        body = None
+    if body is None and (required or request.get_data(cache=True)):
+        raise BadRequest("request body is not valid JSON (send a JSON object with Content-Type: application/json)")
+    if body is not None and not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
 
 
 def text(params: dict, name: str, required: bool = False, max_len: int = 1000) -> str | None:

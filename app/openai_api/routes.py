@@ -6,6 +6,7 @@ OpenAI's shape ({"error": {"message", "type", "param", "code"}}), made in app/er
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,33 +14,35 @@ from collections.abc import Iterator
 from flask import Flask, jsonify, request
 
 from app import auth
+from app.api.params import json_object
 from app.context import services
-from app.errors import AppError, BadRequest, openai_error
+from app.errors import AppError, BadRequest, NotFound, Unauthorized, openai_error
 from app.sse import event, opened, sse_response
 from app.upstream import Done, Upstream
 
 OWNER = "chatgpt-api-server"
+log = logging.getLogger(__name__)
 
 
-def _body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
-    return body
+def _caller():
+    """/v1 takes its key as OpenAI does: Authorization: Bearer KEY (a `user` field is OpenAI's, not a key)."""
+    if not request.headers.get("Authorization", "").lower().startswith("bearer "):
+        raise Unauthorized("no API key: send 'Authorization: Bearer KEY' (your key as the SDK's api_key)")
+    return auth.caller({})
 
 
 def chat_completions():
-    caller = auth.caller({})  # Authorization: Bearer KEY
-    body = _body()
+    caller = _caller()
+    body = json_object()
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("model must be a string", param="model")
-    stream = body.get("stream", False)
+    stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false", param="stream")
     options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadRequest("stream_options must be an object", param="stream_options")
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise BadRequest("stream_options must be an object; include_usage true or false", param="stream_options")
     upstream, events = services().chat.complete_stream(auth.principal({}, actor=caller), body.get("messages"), model)
     reply = Reply(upstream, model)
     if stream:
@@ -96,6 +99,9 @@ class Reply:
             yield event("[DONE]")
         except AppError as exc:  # the upstream failed mid-stream: an error event, as OpenAI sends one
             yield event({"error": openai_error(exc.status, exc.code, exc.message, exc.param)})
+        except Exception:  # never a silent end: the SDK raises on this event
+            log.exception("unexpected error in a /v1 stream")
+            yield event({"error": openai_error(500, "internal_error", "the server hit an unexpected error")})
         finally:
             events.close()  # the caller went away: close the upstream request now
 
@@ -121,14 +127,22 @@ def _usage(done: Done | None, text: str) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _model(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": OWNER}
+
+
 def models():
-    caller = auth.caller({})
-    names = services().pool.models(caller.plus)
-    return jsonify(
-        {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": OWNER} for n in names]}
-    )
+    names = services().chat.models(auth.principal({}, actor=_caller()))
+    return jsonify({"object": "list", "data": [_model(n) for n in names]})
+
+
+def model(model_id: str):
+    if model_id not in services().chat.models(auth.principal({}, actor=_caller())):
+        raise NotFound(f"the model {model_id!r} does not exist or you do not have access to it", param="model")
+    return jsonify(_model(model_id))
 
 
 def register(app: Flask) -> None:
     app.add_url_rule("/v1/chat/completions", endpoint="v1.chat", view_func=chat_completions, methods=["POST"])
     app.add_url_rule("/v1/models", endpoint="v1.models", view_func=models, methods=["GET"])
+    app.add_url_rule("/v1/models/<path:model_id>", endpoint="v1.model", view_func=model, methods=["GET"])

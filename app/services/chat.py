@@ -53,7 +53,10 @@ def check_messages(messages, max_chars: int) -> list[dict]:
         role = message.get("role")
         if role not in MESSAGE_ROLES:
             raise BadRequest(f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}", param="messages")
-        text = message_text(message.get("content"), where)
+        content = message.get("content")
+        if content is None and role == "assistant":  # an assistant turn that only called tools
+            content = ""
+        text = message_text(content, where)
         total += len(text)
         clean.append({"role": role, "content": text})
     if total > max_chars:
@@ -124,6 +127,10 @@ class ChatService:
         upstream = self.pool.pick_model(model, principal.user.plus)
         turn = Turn(prompt=fold_messages(clean), model=upstream.account.model, messages=tuple(clean))
         return upstream, upstream.stream(turn)
+
+    def models(self, principal: Principal) -> list[str]:
+        """Return the models of the accounts this caller may use (plus accounts only for plus users)."""
+        return self.pool.models(principal.user.plus)
 
     # -- deciding ------------------------------------------------------------------------
 
