@@ -564,13 +564,14 @@ def test_v1_mid_stream_failure(make_server, admin, openai_fake, sdk):
     assert conversation_total(server, key) == 0
 
 
-def test_v1_caller_leaving_closes_the_upstream(make_server, admin):
-    """A /v1 caller gone mid-stream closes the upstream request at once, and nothing is stored."""
+@pytest.mark.parametrize("seen", ['"content":"A lo"', '"role":"assistant"'])
+def test_v1_caller_leaving_closes_the_upstream(make_server, admin, seen):
+    """A /v1 caller gone mid-stream (even right after the role chunk) closes the upstream at once; nothing stored."""
     with SlowUpstream("openai", LONG_REPLY, gap=0.1) as slow:
         server, key = start_with_user(make_server, admin, [openai_account(slow)])
         body = {"messages": [{"role": "user", "content": "a long story"}], "stream": True}
         sock = raw_request(server, "POST", "/v1/chat/completions", key, body)
-        read_until(sock, lambda evs: any('"content":"A lo' in data for _, data in evs))
+        read_until(sock, lambda evs: any(seen in data for _, data in evs))
         sock.close()
         left = time.monotonic()
         assert slow.hung_up.wait(1.5), "the upstream request was still open 1.5 s after the caller left"
@@ -798,19 +799,6 @@ def test_v1_is_stateless(mixed, admin, sdk):
 
 
 # -- findings of the review of streaming and /v1 (each failed before its fix) ------------------
-
-
-def test_v1_caller_leaving_right_after_the_role_chunk_closes_the_upstream(make_server, admin):
-    """Gone after the first (role) chunk, before any text: the upstream is still closed at once."""
-    with SlowUpstream("openai", LONG_REPLY, gap=0.3) as slow:
-        server, key = start_with_user(make_server, admin, [openai_account(slow)])
-        body = {"messages": [{"role": "user", "content": "a long story"}], "stream": True}
-        sock = raw_request(server, "POST", "/v1/chat/completions", key, body)
-        read_until(sock, lambda evs: any('"role":"assistant"' in data for _, data in evs))
-        sock.close()
-        left = time.monotonic()
-        assert slow.hung_up.wait(1.5), "the upstream request was still open 1.5 s after the caller left"
-        assert slow.hung_up_at - left < 1.5
 
 
 def test_line_separators_in_a_reply_stay_escaped_in_every_event(server, admin):
