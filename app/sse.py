@@ -48,6 +48,11 @@ class opened:  # noqa: N801 - used like a function
         self.events.close()
 
 
+def chat_stream(events: Iterator) -> Response:
+    """Answer a chat (/api/chat or the chat page) as events, once the upstream's first piece is in."""
+    return sse_response(chat_events(opened(events)))
+
+
 def sse_response(events: Iterator[str]) -> Response:
     """Stream events as they come: each one is written (and flushed) as soon as it is yielded."""
     return Response(events, mimetype="text/event-stream", headers=STREAM_HEADERS)

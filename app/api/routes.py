@@ -9,7 +9,7 @@ from app.api.params import choice, flag, number, request_params, text, token
 from app.context import services
 from app.pool import PLUS_MODES
 from app.render import reply_only_response
-from app.sse import chat_events, opened, sse_response
+from app.sse import chat_stream
 
 
 def chat():
@@ -28,7 +28,7 @@ def chat():
         "user_plus": user_plus,
     }
     if flag(params, "stream"):  # everything is checked and the account chosen before the first byte
-        return sse_response(chat_events(opened(services().chat.ask_stream(principal, prompt, **options))))
+        return chat_stream(services().chat.ask_stream(principal, prompt, **options))
     answer = services().chat.ask(principal, prompt, **options)
     if reply_only:
         return reply_only_response(answer["reply"], pretty)

@@ -11,7 +11,7 @@ from app import auth
 from app.context import services
 from app.errors import AppError
 from app.render import reply_only_response
-from app.sse import chat_events, opened, sse_response
+from app.sse import chat_stream
 from app.store.users import User
 from app.web.forms import ChatForm, ConfirmForm, RenameForm
 from app.web.helpers import attach_error, key_problem, own, require_user
@@ -45,8 +45,7 @@ def _ask():
         }
         try:
             if _wants_stream(form):  # the page's script shows the reply as it comes
-                events = opened(services().chat.ask_stream(own(user), form.prompt.data, **options))
-                return sse_response(chat_events(events))
+                return chat_stream(services().chat.ask_stream(own(user), form.prompt.data, **options))
             answer = services().chat.ask(own(user), form.prompt.data, **options)
         except AppError as exc:
             attach_error(form, exc)

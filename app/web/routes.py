@@ -91,9 +91,7 @@ def login():
     if request.form.get("confirm"):  # "Log in as NAME?" after a link with ?user=KEY
         user = auth.pending_log_in(take=True)
         if user is not None:
-            auth.log_in(user)
-            flash(f"Logged in as {user.username}.")
-            return redirect(safe_next(form.next.data) or url_for("web.chat"), 303)
+            return _logged_in(user, form.next.data)
         form.form_errors.append("That login link has expired. Paste the key instead.")
         return render_template("login.html", form=form), 400
     status = 400
@@ -104,10 +102,14 @@ def login():
             form.api_key.errors = [key_problem(exc)]
             status = exc.status
         else:
-            auth.log_in(user)
-            flash(f"Logged in as {user.username}.")
-            return redirect(safe_next(form.next.data) or url_for("web.chat"), 303)
+            return _logged_in(user, form.next.data)
     return render_template("login.html", form=form), status
+
+
+def _logged_in(user, next_path: str | None):
+    auth.log_in(user)
+    flash(f"Logged in as {user.username}.")
+    return redirect(safe_next(next_path) or url_for("web.chat"), 303)
 
 
 def logout():
