@@ -75,30 +75,37 @@ def _proof(user: User) -> str:
     return hmac.new(secret, b"session:" + user.key_hash.encode(), hashlib.sha256).hexdigest()
 
 
+def _record(user: User) -> dict:
+    return {"uid": user.user_id, "proof": _proof(user)}
+
+
+def _user_of(record) -> User | None:
+    """Return the user a session record names, if that user still exists with the same key."""
+    if not isinstance(record, dict) or not isinstance(record.get("uid"), str):
+        return None
+    user = services().users.store.get(record["uid"])
+    if user is None or not hmac.compare_digest(str(record.get("proof", "")), _proof(user)):
+        return None
+    return user
+
+
 def log_in(user: User) -> None:
     """Start a fresh browser session for user (a new session, so none can be planted beforehand)."""
     session.clear()
     g.pop("csrf_token", None)  # Flask-WTF's per-request cache: pages rendered now need the new session's token
     session.permanent = True
-    session["uid"] = user.user_id
-    session["proof"] = _proof(user)
+    session["auth"] = _record(user)
     g.session_user = user
 
 
 def offer_log_in(user: User) -> None:
     """Remember a key that came in a link, to be confirmed by a POST (a link alone never logs anyone in)."""
-    session["pending"] = {"uid": user.user_id, "proof": _proof(user)}
+    session["pending"] = _record(user)
 
 
 def pending_log_in(take: bool = False) -> User | None:
     """Return the user a link offered to log in as (removing the offer when take is set), or None."""
-    offer = session.pop("pending", None) if take else session.get("pending")
-    if not isinstance(offer, dict):
-        return None
-    user = services().users.store.get(str(offer.get("uid")))
-    if user is None or not hmac.compare_digest(str(offer.get("proof", "")), _proof(user)):
-        return None
-    return user
+    return _user_of(session.pop("pending", None) if take else session.get("pending"))
 
 
 def log_out() -> None:
@@ -112,11 +119,9 @@ def session_user() -> User | None:
     if "session_user" in g:
         return g.session_user
     user = None
-    uid = session.get("uid")
-    if isinstance(uid, str):
-        user = services().users.store.get(uid)
-        if user is None or not hmac.compare_digest(str(session.get("proof", "")), _proof(user)):
+    if "auth" in session:
+        user = _user_of(session["auth"])
+        if user is None:
             session.clear()
-            user = None
     g.session_user = user
     return user

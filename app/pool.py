@@ -65,8 +65,7 @@ class Pool:
                 f"{'ask for plus=any or ' if klass == 'plus' else ''}"
                 "add one to settings.json"
             )
-        index = self._next_cursor(klass) % len(accounts)
-        return self.upstreams[accounts[index].name]
+        return self._next(klass, accounts)
 
     def pick_model(self, model: str | None, user_plus: bool) -> Upstream:
         """Pick the next account serving model among all the caller may use (any account when model is empty)."""
@@ -77,8 +76,11 @@ class Pool:
             if model:
                 raise NotFound(f"the model {model!r} does not exist or you do not have access to it", param="model")
             raise NoAccountAvailable("no enabled account is configured; add one to settings.json")
-        index = self._next_cursor(f"model:{model or '*'}:{int(user_plus)}") % len(accounts)
-        return self.upstreams[accounts[index].name]
+        return self._next(f"model:{model or '*'}:{int(user_plus)}", accounts)
+
+    def _next(self, cursor: str, accounts: list[Account]) -> Upstream:
+        """Take the next of accounts in turn, by the shared round-robin counter named cursor."""
+        return self.upstreams[accounts[self._next_cursor(cursor) % len(accounts)].name]
 
     def models(self, user_plus: bool) -> list[str]:
         """Return the models of the accounts the caller may use, each once, in settings order."""

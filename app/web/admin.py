@@ -11,6 +11,8 @@ from app.store.users import User
 from app.web.forms import ConfirmForm, UserForm
 from app.web.helpers import attach_error, require_user
 
+NO_STORE = {"Cache-Control": "no-store"}  # pages that may show a key
+
 
 def _manager() -> User:
     user = require_user()
@@ -76,9 +78,6 @@ def delete(user_id: str):
         cancel=url_for("web.users"),
     )
     return page, 200, NO_STORE
-
-
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _page(actor: User, form: UserForm, created: dict | None, status: int):
