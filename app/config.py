@@ -54,6 +54,14 @@ DEFAULTS = {
     "timeouts": {"connect": 10.0, "read": 120.0},
     "max_body_bytes": 1_048_576,
     "max_prompt_chars": 100_000,
+    # Limits that keep one request from holding a worker, a connection or memory without bound.
+    "body_timeout": 30.0,  # seconds to receive a whole request body, however it trickles in
+    "max_connections_per_address": 256,  # open connections one client address may hold per worker (0: no limit)
+    "max_upstream_line_bytes": 1_048_576,  # one line of an upstream's event stream
+    "max_reply_chars": 1_000_000,  # one reply from an upstream
+    "max_history_chars": 400_000,  # history sent upstream with a follow-up: the most recent turns that fit
+    "max_render_chars": 200_000,  # replies longer than this are shown as plain text, not rendered markdown
+    "max_users_per_client": 10_000,  # users one client may create (0: no limit)
     "session_days": 30,
     "trusted_proxies": 0,
     # gevent: one greenlet per connection, so a worker holds many open streams (main.py patches the
@@ -314,6 +322,14 @@ def _check_pages(settings: dict) -> None:
         raise ConfigError("session_days: must be 1 or more")
     if settings["trusted_proxies"] < 0:
         raise ConfigError("trusted_proxies: must be 0 or more")
+    if settings["body_timeout"] <= 0:
+        raise ConfigError("body_timeout: must be more than 0")
+    for name in ("max_body_bytes", "max_prompt_chars", "max_upstream_line_bytes", "max_reply_chars"):
+        if settings[name] < 1:
+            raise ConfigError(f"{name}: must be 1 or more")
+    for name in ("max_connections_per_address", "max_history_chars", "max_render_chars", "max_users_per_client"):
+        if settings[name] < 0:
+            raise ConfigError(f"{name}: must be 0 or more")
 
 
 def resolve_path(settings: dict, value: str) -> Path:

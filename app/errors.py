@@ -10,6 +10,7 @@ AppError                     any error a caller should see (status, code, messag
 ├── UpstreamError        502 the upstream answered with an error, or could not be reached
 │   └── StreamCut        502 the upstream's event stream ended before its end marker
 ├── NoAccountAvailable   503 no eligible account for the asked class
+├── Busy                 503 a shared resource stayed locked too long; Retry-After says when to retry
 └── UpstreamTimeout      504 the upstream or its proxy did not answer in time
 
 ConfigError                  settings.json is wrong; stops start-up (never reaches HTTP)
@@ -75,6 +76,14 @@ class NoAccountAvailable(AppError):
     status, code = 503, "no_account_available"
 
 
+class Busy(AppError):
+    status, code = 503, "busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1, param: str | None = None):
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+
 class UpstreamTimeout(AppError):
     status, code = 504, "upstream_timeout"
 
@@ -123,7 +132,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(AppError)
     def _app_error(exc: AppError):
-        return _respond(exc.status, exc.code, exc.message, exc.param)
+        response = _respond(exc.status, exc.code, exc.message, exc.param)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, int(retry_after)))
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
