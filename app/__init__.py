@@ -66,7 +66,7 @@ def create_app(
     services = SimpleNamespace(
         users=UserService(users, store),
         conversations=conversations,
-        chat=ChatService(store, pool, conversations, settings["max_prompt_chars"]),
+        chat=ChatService(store, pool, conversations, settings),
         pool=pool,
         store=store,
     )

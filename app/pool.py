@@ -25,9 +25,10 @@ def token_hash(token: str) -> str:
 class Pool:
     def __init__(self, accounts: list[Account], settings: dict, next_cursor: Callable[[str], int]):
         self.timeouts = settings["timeouts"]
+        self.max_line_bytes = settings["max_upstream_line_bytes"]
         self.byo = settings["byo_account"]
         self.accounts = {a.name: a for a in accounts}
-        self.upstreams = {a.name: build(a, self.timeouts) for a in accounts}
+        self.upstreams = {a.name: build(a, self.timeouts, self.max_line_bytes) for a in accounts}
         self._next_cursor = next_cursor
         self._byo_lock = threading.Lock()
         self._byo_clients: dict[str, Upstream] = {}
@@ -116,7 +117,7 @@ class Pool:
                     access_token=access_token,
                     proxy=self.byo["proxy"],
                 )
-                upstream = build(account, self.timeouts)
+                upstream = build(account, self.timeouts, self.max_line_bytes)
                 if len(self._byo_clients) >= 256:  # bound memory: drop the oldest session
                     self._byo_clients.pop(next(iter(self._byo_clients))).close()
                 self._byo_clients[key] = upstream

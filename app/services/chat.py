@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from app.errors import BadRequest, Conflict, Forbidden
+from app.errors import AppError, BadRequest, Conflict, Forbidden
 from app.pool import PLUS_MODES, Pool, token_hash
-from app.services.conversations import ConversationService
+from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
 from app.store.conversations import Conversation, Message, SqlConversationStore
 from app.upstream import Delta, Done, Turn, Upstream
+from app.upstream.base import SURROGATE, checked, clean_text
 
 TITLE_CHARS = 60
+RENEW_EVERY = 10.0  # seconds between renewals of a running turn's claim on its conversation
+log = logging.getLogger(__name__)
+
+
+def short_title(text: str, most: int) -> str:
+    """Collapse whitespace and cut to at most `most` characters (an ellipsis marks the cut)."""
+    words = " ".join(clean_text(text).split())
+    return words if len(words) <= most else words[: most - 1].rstrip() + "…"
 
 
 def fallback_title(prompt: str) -> str:
     """Make a title from the first prompt when the upstream gives none."""
-    words = " ".join(prompt.split())
-    return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1].rstrip() + "…"
+    return short_title(prompt, TITLE_CHARS)
+
+
+def trim_history(history: list[tuple[str, str]], max_chars: int) -> list[tuple[str, str]]:
+    """Keep the most recent turns whose prompts and replies fit in max_chars; the oldest go first."""
+    kept, total = 0, 0
+    for prompt, reply in reversed(history):
+        total += len(prompt) + len(reply)
+        if total > max_chars:
+            break
+        kept += 1
+    return history[len(history) - kept :] if kept else []
 
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant")
@@ -57,6 +77,8 @@ def check_messages(messages, max_chars: int) -> list[dict]:
         if content is None and role == "assistant":  # an assistant turn that only called tools
             content = ""
         text = message_text(content, where)
+        if SURROGATE.search(text):
+            raise BadRequest(f"{where}.content is not valid text (it holds an unpaired surrogate)", param="messages")
         total += len(text)
         clean.append({"role": role, "content": text})
     if total > max_chars:
@@ -82,16 +104,21 @@ class Plan:
     conversation: Conversation | None
     last: Message | None
     token_hash: str | None
+    history_trimmed: int = 0  # earlier turns left out of what was sent upstream
+    accepted: float = 0.0  # when the turn was accepted (its user existed then)
 
 
 class ChatService:
-    def __init__(
-        self, store: SqlConversationStore, pool: Pool, conversations: ConversationService, max_prompt_chars: int
-    ):
+    def __init__(self, store: SqlConversationStore, pool: Pool, conversations: ConversationService, settings: dict):
         self.store = store
         self.pool = pool
         self.conversations = conversations
-        self.max_prompt_chars = max_prompt_chars
+        self.max_prompt_chars = settings["max_prompt_chars"]
+        self.max_reply_chars = settings["max_reply_chars"]
+        self.max_history_chars = settings["max_history_chars"]
+        # A running turn renews its claim while text flows; one that died lets go after this long. The upstream
+        # stays silent for at most the read timeout before the turn ends, so the claim outlives any live turn.
+        self.claim_seconds = float(settings["timeouts"]["read"]) + 30.0
 
     def ask(self, principal: Principal, prompt: str | None, **options) -> dict:
         """Ask and wait for the whole reply; return the answer JSON."""
@@ -111,7 +138,9 @@ class ChatService:
         user_plus: bool = False,
     ) -> Iterator[Delta | dict]:
         """Check everything, then return a generator of Delta events ending with the answer JSON."""
+        accepted = time.time()  # the caller was known to exist by now; a deletion after this voids the turn
         plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
+        plan.accepted = accepted
         return self._run(principal, plan)
 
     def complete_stream(
@@ -126,7 +155,11 @@ class ChatService:
         clean = check_messages(messages, self.max_prompt_chars)
         upstream = self.pool.pick_model(model, principal.user.plus)
         turn = Turn(prompt=fold_messages(clean), model=upstream.account.model, messages=tuple(clean))
-        return upstream, upstream.stream(turn)
+        return upstream, self._reply(upstream, turn)
+
+    def _reply(self, upstream: Upstream, turn: Turn) -> Iterator[Delta | Done]:
+        """The upstream's reply as valid text, stopped with a 502 past max_reply_chars."""
+        return checked(upstream.stream(turn), self.max_reply_chars, upstream.account.name)
 
     def models(self, principal: Principal) -> list[str]:
         """Return the models of the accounts this caller may use (plus accounts only for plus users)."""
@@ -166,23 +199,27 @@ class ChatService:
         history = self.store.messages(conv.conversation_id)
         last = history[-1] if history else None
         parent = next((m.upstream_message_id for m in reversed(history) if m.upstream_message_id), None)
+        pairs = [(m.prompt, m.reply) for m in history] if upstream.sends_history else []
+        sent = trim_history(pairs, self.max_history_chars)
         turn = Turn(
             prompt=prompt,
             model=upstream.account.model,
-            history=[(m.prompt, m.reply) for m in history],
+            history=sent,
             upstream_conversation_id=conv.upstream_conversation_id,
             upstream_parent_id=parent,
         )
-        return Plan(upstream, turn, conv, last, conv.token_hash)
+        return Plan(upstream, turn, conv, last, conv.token_hash, len(pairs) - len(sent))
 
     # -- doing ---------------------------------------------------------------------------
 
     def _run(self, principal: Principal, plan: Plan) -> Iterator[Delta | dict]:
         started, started_clock = time.time(), time.monotonic()
+        claim = self._claim(plan)
         pieces: list[str] = []
         done: Done | None = None
         last: Delta | None = None
-        events = plan.upstream.stream(plan.turn)
+        renewed = time.monotonic()
+        events = self._reply(plan.upstream, plan.turn)
         try:
             for event in events:
                 if isinstance(event, Done):
@@ -190,16 +227,36 @@ class ChatService:
                 else:
                     pieces.append(event.text)
                     last = event
+                    if claim and time.monotonic() - renewed > RENEW_EVERY:
+                        self.store.renew_turn(plan.conversation.conversation_id, claim, self.claim_seconds)
+                        renewed = time.monotonic()
                     yield event
+            message, conv = self._store(principal, plan, "".join(pieces), done, started, complete=True)
         except GeneratorExit:  # the caller went away mid-reply: keep what came, marked cut short
             if done is None and last is not None:
                 cut = Done(plan.turn.model, last.upstream_conversation_id, last.upstream_message_id, None, "cut")
-                self._store(principal, plan, "".join(pieces), cut, started, complete=False)
+                try:
+                    self._store(principal, plan, "".join(pieces), cut, started, complete=False)
+                except AppError as exc:  # nobody is left to tell: the user or conversation went meanwhile
+                    log.info("partial reply not kept: %s", exc.message)
             raise
         finally:
             events.close()  # closes the upstream connection at once, not when garbage is collected
-        message, conv = self._store(principal, plan, "".join(pieces), done, started, complete=True)
+            if claim:
+                self.store.release_turn(plan.conversation.conversation_id, claim)
         yield self._answer(principal, plan, message, conv, done, started, started_clock)
+
+    def _claim(self, plan: Plan) -> str | None:
+        """Hold a follow-up's conversation for this turn: a second turn meanwhile is a 409, never a fork."""
+        if plan.conversation is None:
+            return None  # a new conversation: nobody else knows its id yet
+        holder = uuid.uuid4().hex
+        if not self.store.claim_turn(plan.conversation.conversation_id, holder, self.claim_seconds):
+            raise Conflict(
+                "another turn of this conversation is still running; send this one when it has finished",
+                param="conversation_id",
+            )
+        return holder
 
     def _store(
         self, principal, plan: Plan, reply: str, done: Done, started: float, complete: bool
@@ -221,9 +278,10 @@ class ChatService:
         )
         upstream_conv = done.upstream_conversation_id
         if plan.conversation:
-            self.store.add_message(message, upstream_conv)
+            self.store.add_message(message, plan.conversation.owner_id, plan.accepted, upstream_conv)
             return message, plan.conversation
-        title = (plan.upstream.title(plan.turn, done) if complete else None) or fallback_title(plan.turn.prompt)
+        title = (plan.upstream.title(plan.turn, done) if complete else None) or ""
+        title = short_title(title, MAX_TITLE) or fallback_title(plan.turn.prompt)
         conv = Conversation(
             conversation_id=message.conversation_id,
             owner_id=principal.user.user_id,
@@ -235,7 +293,7 @@ class ChatService:
             updated_at=finished,
             message_count=1,
         )
-        self.store.create(conv, message)
+        self.store.create(conv, message, plan.accepted)
         return message, conv
 
     def _answer(
@@ -260,6 +318,7 @@ class ChatService:
             "account": plan.upstream.account.name if not plan.token_hash else "own access token",
             "finish_reason": done.finish_reason,
             "usage": done.usage,
+            "history_trimmed": plan.history_trimmed,
             "api_user": principal.user.user_id,
             "api_username": principal.user.username,
             "api_client_id": principal.client_id,

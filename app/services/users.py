@@ -186,8 +186,9 @@ class UserService:
             return [u.user_id for u in owned]
 
         self.store.delete(target.user_id, guard=plan)
-        for user in removed:  # a later user given the same id must not inherit these conversations
-            self.conversations.delete(self.conversations.owned_ids(user.user_id))
+        # Their conversations go, and the deletion is recorded: a turn that was running for one of them is not
+        # stored when it ends, so a later user given the same id inherits nothing.
+        self.conversations.retire_users([user.user_id for user in removed])
         return removed
 
     def rotate_key(self, actor: User, user_id: str) -> tuple[User, str]:

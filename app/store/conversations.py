@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -29,6 +30,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+
+from app.errors import Conflict, NotFound, Unauthorized
 
 metadata = MetaData()
 
@@ -73,6 +76,25 @@ pool_cursors = Table(
     metadata,
     Column("name", String(32), primary_key=True),
     Column("value", Integer, nullable=False),
+)
+
+
+# One turn at a time per conversation: a follow-up holds its conversation's row here while it runs.
+turn_locks = Table(
+    "turn_locks",
+    metadata,
+    Column("conversation_id", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# When each deleted user id was deleted: a turn begun before that is not stored when it ends, so a later
+# user given the same id cannot inherit a turn that was still running when the first one was deleted.
+retired_users = Table(
+    "retired_users",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("retired_at", Float, nullable=False),
 )
 
 
@@ -130,12 +152,13 @@ class SqlConversationStore:
 
     # -- conversations -------------------------------------------------------------------
 
-    def create(self, conv: Conversation, first: Message) -> None:
-        """Store a new conversation together with its first message."""
+    def create(self, conv: Conversation, first: Message, since: float) -> None:
+        """Store a new conversation with its first message, unless its owner was deleted after `since`."""
         values = {k: v for k, v in vars(conv).items() if k != "message_count"}
-        with self.engine.begin() as db:
+        with self.engine.begin() as db:  # writes first: SQLite then holds the write lock for the whole check
             db.execute(insert(conversations).values(**values))
             db.execute(insert(messages).values(**vars(first)))
+            _refuse_retired(db, conv.owner_id, since)
 
     def get(self, conversation_id: str) -> Conversation | None:
         query = self._select_conversations().where(conversations.c.conversation_id == conversation_id)
@@ -190,18 +213,38 @@ class SqlConversationStore:
 
     # -- messages ------------------------------------------------------------------------
 
-    def add_message(self, message: Message, upstream_conversation_id: str | None = None) -> None:
-        """Append a message and touch its conversation."""
+    def add_message(
+        self, message: Message, owner_id: str, since: float, upstream_conversation_id: str | None = None
+    ) -> None:
+        """Append a message to the end of its conversation and touch the conversation.
+
+        In one transaction, the conversation must still be owner_id's, the owner must not have been
+        deleted after `since` (when the turn began), and the message's parent must still be the last
+        message: a turn that lost a race, or whose conversation or user was deleted while it ran, is
+        refused rather than stored.
+        """
         changes = {"updated_at": message.completed_at or message.created_at}
         if upstream_conversation_id:
             changes["upstream_conversation_id"] = upstream_conversation_id
-        with self.engine.begin() as db:
-            db.execute(insert(messages).values(**vars(message)))
-            db.execute(
+        cid = message.conversation_id
+        with self.engine.begin() as db:  # writes first, checks after: a refusal rolls both back
+            touched = db.execute(
                 update(conversations)
-                .where(conversations.c.conversation_id == message.conversation_id)
+                .where(conversations.c.conversation_id == cid, conversations.c.owner_id == owner_id)
                 .values(**changes)
-            )
+            ).rowcount
+            if not touched:
+                raise NotFound(f"conversation {cid!r} was deleted while this reply was written; it was not kept")
+            last = db.execute(
+                select(messages.c.message_id)
+                .where(messages.c.conversation_id == cid)
+                .order_by(messages.c.created_at.desc(), messages.c.message_id.desc())
+                .limit(1)
+            ).scalar()
+            if last != message.parent_id:
+                raise Conflict(f"conversation {cid!r} moved on while this reply was written; it was not kept")
+            db.execute(insert(messages).values(**vars(message)))
+            _refuse_retired(db, owner_id, since)
 
     def messages(self, conversation_id: str) -> list[Message]:
         query = (
@@ -243,3 +286,65 @@ class SqlConversationStore:
             except IntegrityError:
                 pass  # another process created it first; the update will find it now
         raise RuntimeError(f"pool cursor {name!r} could not be advanced")
+
+    # -- one turn at a time -----------------------------------------------------------------
+
+    def claim_turn(self, conversation_id: str, holder: str, seconds: float) -> bool:
+        """Take the conversation for one turn (for seconds, renewable); False while another turn holds it."""
+        for _ in range(2):
+            try:
+                with self.engine.begin() as db:
+                    db.execute(
+                        insert(turn_locks).values(
+                            conversation_id=conversation_id, holder=holder, expires_at=time.time() + seconds
+                        )
+                    )
+                return True
+            except IntegrityError:
+                with self.engine.begin() as db:  # a holder that died leaves its claim to expire
+                    stale = db.execute(
+                        delete(turn_locks).where(
+                            turn_locks.c.conversation_id == conversation_id, turn_locks.c.expires_at < time.time()
+                        )
+                    ).rowcount
+                if not stale:
+                    return False
+        return False
+
+    def renew_turn(self, conversation_id: str, holder: str, seconds: float) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                update(turn_locks)
+                .where(turn_locks.c.conversation_id == conversation_id, turn_locks.c.holder == holder)
+                .values(expires_at=time.time() + seconds)
+            )
+
+    def release_turn(self, conversation_id: str, holder: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                delete(turn_locks).where(turn_locks.c.conversation_id == conversation_id, turn_locks.c.holder == holder)
+            )
+
+    # -- deleted users ----------------------------------------------------------------------
+
+    def retire_users(self, user_ids: list[str]) -> int:
+        """Delete the users' conversations and record when they went; return how many conversations went."""
+        if not user_ids:
+            return 0
+        user_ids = list(dict.fromkeys(user_ids))
+        with self.engine.begin() as db:  # only writes: SQLite holds its write lock from the first statement
+            owned = select(conversations.c.conversation_id).where(conversations.c.owner_id.in_(user_ids))
+            db.execute(messages.delete().where(messages.c.conversation_id.in_(owned)))
+            removed = db.execute(conversations.delete().where(conversations.c.owner_id.in_(user_ids))).rowcount
+            db.execute(delete(retired_users).where(retired_users.c.user_id.in_(user_ids)))
+            db.execute(insert(retired_users), [{"user_id": uid, "retired_at": time.time()} for uid in user_ids])
+        return removed
+
+
+def _refuse_retired(db, owner_id: str, since: float) -> None:
+    """Inside a writing transaction: refuse (and so roll back) a turn begun at `since` by a user deleted since."""
+    retired = select(retired_users.c.user_id).where(
+        retired_users.c.user_id == owner_id, retired_users.c.retired_at >= since
+    )
+    if db.execute(retired).first():
+        raise Unauthorized("this user was deleted while the reply was written; the reply was not kept")

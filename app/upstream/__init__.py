@@ -13,9 +13,9 @@ UPSTREAMS: dict[str, type[Upstream]] = {
 }
 
 
-def build(account: Account, timeouts: dict) -> Upstream:
+def build(account: Account, timeouts: dict, max_line_bytes: int = 1_048_576) -> Upstream:
     """Make the upstream client for one account."""
-    return UPSTREAMS[account.type](account, timeouts)
+    return UPSTREAMS[account.type](account, timeouts, max_line_bytes)
 
 
 __all__ = ["UPSTREAMS", "Delta", "Done", "Turn", "Upstream", "build"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.config import Account
+from app.errors import UpstreamError
 from app.upstream.http import HttpClient
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+HIGH_SURROGATE = re.compile("[\ud800-\udbff]$")
+MAX_ID = 200  # an upstream id or model name longer than this is not one
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,62 @@ def as_str(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def as_id(value) -> str | None:
+    """Return value if it can be an id or a model name (a short, printable string), else None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID and value.isprintable() and not SURROGATE.search(value):
+        return value
+    return None
+
+
+def clean_text(text: str) -> str:
+    """Join surrogate pairs that JSON escapes split apart, and replace lone surrogates with U+FFFD.
+
+    Upstream text may hold them ("\\ud83d" in one event, "\\ude00" in the next); they cannot be stored
+    or sent as UTF-8.
+    """
+    if text.isascii() or not SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def checked(events: Iterator, max_chars: int, account_name: str) -> Iterator:
+    """Pass an upstream's events on as valid text, and stop a reply longer than max_chars with a 502.
+
+    A high surrogate that ends one delta waits for the next, so an emoji split across events arrives whole.
+    """
+    held, total = "", 0
+    try:
+        for event in events:
+            if isinstance(event, Delta):
+                text = held + event.text
+                held = ""
+                if HIGH_SURROGATE.search(text):
+                    text, held = text[:-1], text[-1]
+                text = clean_text(text)
+                total += len(text)
+                if total > max_chars:
+                    raise UpstreamError(
+                        f"account {account_name!r}: the reply grew longer than {max_chars} characters and was stopped"
+                    )
+                if text:
+                    yield replace(event, text=text)
+            else:
+                if held:
+                    yield Delta("\ufffd")
+                    held = ""
+                yield event
+    finally:
+        events.close()
+
+
 class Upstream(ABC):
     """One account of one type; keeps its own HTTP session (proxy, timeouts, pooled connections)."""
 
-    def __init__(self, account: Account, timeouts: dict):
+    sends_history = True  # False where the upstream keeps the conversation itself (chatgpt-web)
+
+    def __init__(self, account: Account, timeouts: dict, max_line_bytes: int = 1_048_576):
         self.account = account
-        self.http = HttpClient(account, timeouts)
+        self.http = HttpClient(account, timeouts, max_line_bytes)
 
     @abstractmethod
     def stream(self, turn: Turn) -> Iterator[Delta | Done]:

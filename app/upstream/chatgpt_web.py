@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Iterator
 
 from app.errors import UpstreamError
-from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_str
+from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_id, as_str
 
 
 class ChatGPTWebUpstream(Upstream):
+    sends_history = False  # the conversation lives upstream; a follow-up names it
+
     def _headers(self) -> dict:
         return {
             "Authorization": f"Bearer {self.account.access_token}",
@@ -99,15 +101,15 @@ class _Reply:
         return any(self._seen.values())
 
     def take(self, event: dict) -> str:
-        self.conversation_id = as_str(event.get("conversation_id")) or self.conversation_id
+        self.conversation_id = as_id(event.get("conversation_id")) or self.conversation_id
         message = as_dict(event.get("message"))
         if as_dict(message.get("author")).get("role") != "assistant" or message.get("recipient", "all") != "all":
             return ""
-        message_id = message.get("id")
-        if not isinstance(message_id, str):
+        message_id = as_id(message.get("id"))
+        if message_id is None:
             return ""
         metadata = as_dict(message.get("metadata"))
-        self.model = as_str(metadata.get("model_slug")) or self.model
+        self.model = as_id(metadata.get("model_slug")) or self.model
         self.finish = as_str(as_dict(metadata.get("finish_details")).get("type")) or self.finish
         parts = as_dict(message.get("content")).get("parts")
         text = parts[0] if isinstance(parts, list) and parts and isinstance(parts[0], str) else ""

@@ -6,21 +6,29 @@ account's key or its proxy password: upstream messages are scrubbed before they 
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 import requests
+import urllib3
 
 from app.errors import StreamCut, UpstreamError, UpstreamTimeout
 
 MAX_ERROR_BODY = 4096
+READ_SIZE = 65536
+FRAGMENT = 8  # a run this long of a secret is redacted wherever it shows (an echo cut short is still a leak)
+# What reading a body can raise when the connection fails: requests' own, and urllib3's and the socket's (raw reads).
+BROKEN = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+SCRUB_CHARS = 4000  # upstream text is cut to this before scrubbing (scrubbing is linear; callers cut further)
 
 
 class HttpClient:
-    def __init__(self, account, timeouts: dict):
+    def __init__(self, account, timeouts: dict, max_line_bytes: int = 1_048_576):
         self.account = account
         self.timeout = (float(timeouts["connect"]), float(timeouts["read"]))
+        self.max_line_bytes = max_line_bytes
         self.session = requests.Session()
         self.session.trust_env = False  # the account's proxy, or none: never one from the environment
         if account.proxy:
@@ -29,16 +37,10 @@ class HttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         secrets = [account.api_key, account.access_token, *_proxy_secrets(account.proxy)]
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.scrub = Scrubber(secrets)
 
     def close(self) -> None:
         self.session.close()
-
-    def scrub(self, text: str) -> str:
-        """Remove the account's secrets from text that came from outside."""
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
 
     @property
     def _via(self) -> str:
@@ -59,6 +61,12 @@ class HttpClient:
                     f"account {name!r}: connecting to the upstream{self._via} timed out after {self.timeout[0]:g}s"
                 ) from None
             raise UpstreamError(f"account {name!r}: could not connect to the upstream{self._via}") from None
+        if response.status_code in (401, 403):  # whatever it says may echo the credential: say nothing of it
+            response.close()
+            raise UpstreamError(
+                f"account {name!r}: the upstream refused the account's credentials ({response.status_code}); "
+                "its key or token needs to be checked"
+            )
         if response.status_code >= 400:
             detail = self._error_detail(response)
             response.close()
@@ -79,13 +87,13 @@ class HttpClient:
         except ValueError:
             data = None
         message = upstream_message(data) if data is not None else None
-        return self.scrub(message or text.strip() or response.reason or "no details")[:500]  # scrub, then cut
+        return self.scrub(message or text.strip() or response.reason or "no details")[:500]
 
     def sse_data(self, response: requests.Response) -> Iterator[str]:
         """Yield the data field of each server-sent event until [DONE] or the end of the body."""
         name = self.account.name
         try:
-            for line in response.iter_lines(decode_unicode=False):
+            for line in self._lines(response):
                 if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip().decode("utf-8", "replace")
@@ -94,21 +102,45 @@ class HttpClient:
                     return
                 yield data
             raise StreamCut(f"account {name!r}: the upstream ended the reply before finishing it")
-        except requests.exceptions.RequestException as exc:
+        except BROKEN as exc:
             if _is_timeout(exc):
                 raise self._read_timeout("stopped sending") from None
             raise UpstreamError(f"account {name!r}: the upstream connection broke mid-reply") from None
         finally:
             response.close()
 
+    def _lines(self, response: requests.Response) -> Iterator[bytes]:
+        """Yield the body's lines as they arrive, in time linear in their length, none longer than the limit."""
+        raw, buffer, scanned = response.raw, bytearray(), 0
+        while True:
+            piece = raw.read1(READ_SIZE)  # whatever has arrived: an event is passed on without waiting for more
+            if not piece:
+                break
+            buffer += piece
+            start = 0
+            while (end := buffer.find(b"\n", scanned)) >= 0:
+                yield bytes(buffer[start:end]).rstrip(b"\r")
+                start = scanned = end + 1
+            del buffer[:start]
+            scanned = len(buffer)  # the rest holds no line end: never search it again
+            if scanned > self.max_line_bytes:
+                raise UpstreamError(
+                    f"account {self.account.name!r}: the upstream sent a line longer than "
+                    f"{self.max_line_bytes} bytes; the reply was stopped"
+                )
+        if buffer:
+            yield bytes(buffer)
+
 
 def _drain(response: requests.Response, limit: int = 65536) -> None:
     """Read what is left of a finished body (the closing chunk) so the connection can be reused."""
     left = limit
-    for chunk in response.iter_content(8192):
-        left -= len(chunk)
-        if left < 0:
-            return  # more than an ending: let close() drop the connection instead
+    while left >= 0:
+        piece = response.raw.read1(8192)  # read1, as the lines were read: the two chunk readers must not mix
+        if not piece:
+            return
+        left -= len(piece)
+    # more than an ending: let close() drop the connection instead
 
 
 def upstream_message(data) -> str | None:
@@ -140,3 +172,36 @@ def _proxy_secrets(proxy: str | None) -> list[str]:
     """Return the proxy password as written in the URL and decoded (either may be echoed back)."""
     password = urlsplit(proxy).password if proxy else None
     return [password, unquote(password)] if password else []
+
+
+class Scrubber:
+    """Redact an account's secrets from text that came from outside: whole, and any run of FRAGMENT or more
+    of their characters, so an echo that is cut short, or joined to other text, leaks nothing either."""
+
+    def __init__(self, secrets: list[str]):
+        secrets = [s for s in secrets if s]
+        self._whole = sorted({s for s in secrets if len(s) < FRAGMENT}, key=len, reverse=True)
+        self._grams = {s[i : i + FRAGMENT] for s in secrets if len(s) >= FRAGMENT for i in range(len(s) - FRAGMENT + 1)}
+
+    def __call__(self, text: str) -> str:
+        text = text[:SCRUB_CHARS]
+        for secret in self._whole:
+            text = text.replace(secret, "[redacted]")
+        if not self._grams or len(text) < FRAGMENT:
+            return text
+        hidden = [False] * len(text)
+        for i in range(len(text) - FRAGMENT + 1):
+            if text[i : i + FRAGMENT] in self._grams:
+                hidden[i : i + FRAGMENT] = [True] * FRAGMENT
+        if not any(hidden):
+            return text
+        out, i = [], 0
+        while i < len(text):
+            if hidden[i]:
+                while i < len(text) and hidden[i]:
+                    i += 1
+                out.append("[redacted]")
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 
 from app.errors import StreamCut, UpstreamError
-from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_str
+from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_id, as_str
 from app.upstream.http import upstream_message
 
 
@@ -45,8 +45,8 @@ class OpenAIUpstream(Upstream):
         try:
             for data in self.http.sse_data(response):
                 chunk = self._parse(data)
-                model = as_str(chunk.get("model")) or model
-                reply_id = as_str(chunk.get("id")) or reply_id
+                model = as_id(chunk.get("model")) or model
+                reply_id = as_id(chunk.get("id")) or reply_id
                 usage = as_dict(chunk.get("usage")) or usage
                 choices = chunk.get("choices")
                 for choice in choices if isinstance(choices, list) else ():
@@ -88,8 +88,8 @@ class OpenAIUpstream(Upstream):
         if text:
             yield Delta(text)
         yield Done(
-            model=as_str(body.get("model")) or self.account.model,
-            upstream_message_id=as_str(body.get("id")),
+            model=as_id(body.get("model")) or self.account.model,
+            upstream_message_id=as_id(body.get("id")),
             usage=as_dict(body.get("usage")) or None,
             finish_reason=as_str(choice.get("finish_reason")) or "stop",
         )
