@@ -48,10 +48,9 @@ def principal(params: dict, create: bool = False, actor: User | None = None) -> 
     caller was already authenticated, so the key is not looked up twice.
     """
     actor = actor or caller(params)
-    target_id = params.get("user_id")
-    if target_id in (None, ""):
+    target_id = text(params, "user_id", max_len=64)
+    if target_id is None:
         return Principal(actor, actor)
-    target_id = str(target_id)
     users = services().users
     if actor.role == "client":
         user = users.speak_for(

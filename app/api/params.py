@@ -38,19 +38,32 @@ def json_object(required: bool = True) -> dict | None:
     return body
 
 
+# Ids that may come as JSON integers as well as strings: Discord's ids arrive as numbers.
+INTEGER_IDS = ("user_id", "userid")
+
+
 def text(params: dict, name: str, required: bool = False, max_len: int = 1000) -> str | None:
+    """Read a string parameter; JSON true, 3.5 or [..] where a string is meant is a 400, not "True"."""
     value = params.get(name)
     if value is None or value == "":
         if required:
             raise BadRequest(f"{name} is required", param=name)
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if name in INTEGER_IDS and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string", param=name)
+        kind = "an integer or a string" if name in INTEGER_IDS else "a string"
+        raise BadRequest(f"{name} must be {kind}, not {json_kind(value)}", param=name)
     if len(value) > max_len:
         raise BadRequest(f"{name} is longer than {max_len} characters", param=name)
     return valid_text(value, name)
+
+
+def json_kind(value) -> str:
+    """Name a value's JSON type, for error messages."""
+    if isinstance(value, bool):
+        return "true or false"
+    return {int: "a number", float: "a number", list: "a list", dict: "an object"}.get(type(value), "another type")
 
 
 def token(params: dict, name: str, max_len: int = 8192) -> str | None:

@@ -127,3 +127,10 @@ def register(app: Flask, routes: dict) -> None:
     # Errors under any API path's first segment are JSON, wherever settings moved the routes.
     prefixes = {"/api", "/v1"} | {"/" + path.strip("/").split("/")[0] for path in routes.values()}
     app.config["JSON_PREFIXES"] = tuple(sorted(prefixes))
+
+    @app.after_request
+    def _no_store(response):
+        """API answers carry keys, replies and conversations: no cache on the way may keep one."""
+        if request.path.startswith(app.config["JSON_PREFIXES"]):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response

@@ -234,6 +234,7 @@ class SqlConversationStore:
                 .values(**changes)
             ).rowcount
             if not touched:
+                _refuse_retired(db, owner_id, since)  # the user went, and the conversation with it
                 raise NotFound(f"conversation {cid!r} was deleted while this reply was written; it was not kept")
             last = db.execute(
                 select(messages.c.message_id)

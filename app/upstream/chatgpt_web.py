@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 from app.errors import UpstreamError
-from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_id, as_str
+from app.upstream.base import HIGH_SURROGATE, Delta, Done, Turn, Upstream, as_dict, as_id, as_str
 
 
 class ChatGPTWebUpstream(Upstream):
@@ -116,8 +116,10 @@ class _Reply:
         joining = message_id not in self._seen and self.said
         self.message_id = message_id
         done = self._seen.setdefault(message_id, 0)
-        new = text[done:]
+        # A text that ends in half of a surrogate pair gets the whole pair in the next event: wait for it.
+        end = len(text) - 1 if HIGH_SURROGATE.search(text) else len(text)
+        new = text[done:end]
         if not new:
             return ""
-        self._seen[message_id] = len(text)
+        self._seen[message_id] = end
         return "\n\n" + new if joining else new

@@ -59,7 +59,7 @@ class _WebHandler(FakeHandler):
             elif not isinstance(body, dict) or body.get("message_id") not in fake.assistant_ids[cid]:
                 status, answer = 400, {"detail": "message_id is not a message of this conversation"}
             else:
-                fake.titles[cid] = f"Title: {turns[0][0][:20]}"
+                fake.titles[cid] = fake.title_text if fake.title_text is not None else f"Title: {turns[0][0][:20]}"
                 status, answer = 200, {"title": fake.titles[cid]}
         self.send_json(status, answer)
 
@@ -150,6 +150,7 @@ class FakeChatGPTWeb(FakeHTTPService):
         self.fail_times: int | None = None  # None: fail every request while fail_status is set
         self.error_in_stream: str | None = None
         self.title_fail = False
+        self.title_text: str | None = None  # None: "Title: <the first prompt's first 20 characters>"
         self.conversations: dict[str, list[tuple[str, str]]] = {}
         self.owners: dict[str, str] = {}
         self.assistant_ids: dict[str, set[str]] = {}
