@@ -336,3 +336,18 @@ def test_an_integer_user_id_still_works_for_discord_ids(server, client_role):
     again = server.chat(client_role["api_key"], "hi again", user_id="123456789012345678")
     assert answer["api_user"] == again["api_user"]
     assert server.get("/api/users", client_role["api_key"]).json()["users"][0]["external_id"] == "123456789012345678"
+
+
+# -- a sibling of 4: a check made when the conversation began, not when it goes on ---------------------
+
+
+def test_a_follow_up_on_a_plus_account_needs_plus_now(make_server, admin, tmp_path):
+    """Plus taken away (users.json edited) stops follow-ups on the plus account the conversation began on."""
+    server = make_server([{"name": "free", "type": "demo"}, {"name": "gold", "type": "demo", "plus": True}])
+    made = server.create_user(admin, "pat", plus=True)
+    cid = server.chat(made["api_key"], "hello", plus="true")["conversation_id"]
+    users = json.loads((tmp_path / "users.json").read_text())
+    users["users"][made["user_id"]]["plus"] = False
+    (tmp_path / "users.json").write_text(json.dumps(users))
+    response = server.post("/api/chat", made["api_key"], json={"prompt": "more", "conversation_id": cid})
+    assert_error(response, 403, "plus")

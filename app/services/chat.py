@@ -196,6 +196,8 @@ class ChatService:
             upstream = self.pool.own_token(access_token, user_plus)
         else:
             upstream = self.pool.pinned(conv.account_name)
+            if upstream.account.plus and not principal.user.plus:  # plus taken away since the conversation began
+                raise Forbidden("this conversation runs on a plus account, and this key is not plus", param="plus")
         history = self.store.messages(conv.conversation_id)
         last = history[-1] if history else None
         parent = next((m.upstream_message_id for m in reversed(history) if m.upstream_message_id), None)

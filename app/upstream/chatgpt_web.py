@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from app.errors import UpstreamError
 from app.upstream.base import HIGH_SURROGATE, Delta, Done, Turn, Upstream, as_dict, as_id, as_str
 
+TITLE_BYTES = 65536  # a title answer larger than this is not one
+
 
 class ChatGPTWebUpstream(Upstream):
     sends_history = False  # the conversation lives upstream; a follow-up names it
@@ -74,9 +76,9 @@ class ChatGPTWebUpstream(Upstream):
         url = f"{self.account.base_url}/conversation/gen_title/{done.upstream_conversation_id}"
         try:
             response = self.http.post(
-                url, {"message_id": done.upstream_message_id, "model": done.model}, self._headers(), stream=False
+                url, {"message_id": done.upstream_message_id, "model": done.model}, self._headers()
             )
-            title = response.json().get("title")
+            title = json.loads(self.http.body(response, TITLE_BYTES)).get("title")
         except Exception:  # a title is a nicety (the service falls back); never fail a reply over it
             return None
         return title.strip() if isinstance(title, str) and title.strip() else None

@@ -46,11 +46,11 @@ class HttpClient:
     def _via(self) -> str:
         return " through its proxy" if self.account.proxy else ""
 
-    def post(self, url: str, payload: dict, headers: dict, stream: bool = True) -> requests.Response:
-        """POST JSON; return a 2xx response or raise UpstreamError / UpstreamTimeout."""
+    def post(self, url: str, payload: dict, headers: dict) -> requests.Response:
+        """POST JSON; return a 2xx response, its body not yet read, or raise UpstreamError / UpstreamTimeout."""
         name = self.account.name
         try:
-            response = self.session.post(url, json=payload, headers=headers, timeout=self.timeout, stream=stream)
+            response = self.session.post(url, json=payload, headers=headers, timeout=self.timeout, stream=True)
         except requests.exceptions.ReadTimeout:
             raise self._read_timeout("did not answer") from None
         except requests.exceptions.ProxyError:
@@ -108,6 +108,24 @@ class HttpClient:
             raise UpstreamError(f"account {name!r}: the upstream connection broke mid-reply") from None
         finally:
             response.close()
+
+    def body(self, response: requests.Response, limit: int) -> bytes:
+        """Read a whole (non-streamed) answer, at most limit bytes of it: past that it is a 502."""
+        data = bytearray()
+        try:
+            while piece := response.raw.read1(READ_SIZE):
+                data += piece
+                if len(data) > limit:
+                    raise UpstreamError(
+                        f"account {self.account.name!r}: the upstream's answer is larger than {limit} bytes"
+                    )
+        except BROKEN as exc:
+            if _is_timeout(exc):
+                raise self._read_timeout("stopped sending") from None
+            raise UpstreamError(f"account {self.account.name!r}: the upstream connection broke mid-reply") from None
+        finally:
+            response.close()
+        return bytes(data)
 
     def _lines(self, response: requests.Response) -> Iterator[bytes]:
         """Yield the body's lines as they arrive, in time linear in their length, none longer than the limit."""

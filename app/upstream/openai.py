@@ -78,10 +78,8 @@ class OpenAIUpstream(Upstream):
         return chunk
 
     def _whole(self, response) -> Iterator[Delta | Done]:
-        try:
-            body = self._parse(response.content.decode("utf-8", "replace"))
-        finally:
-            response.close()
+        # A reply of max_upstream_line_bytes is as much as a stream's one line may carry, so as much here.
+        body = self._parse(self.http.body(response, self.http.max_line_bytes).decode("utf-8", "replace"))
         choices = body.get("choices")
         choice = as_dict(choices[0] if isinstance(choices, list) and choices else None)
         text = as_str(as_dict(choice.get("message")).get("content")) or ""
