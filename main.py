@@ -39,7 +39,7 @@ import logging  # noqa: E402
 
 from gunicorn.app.base import BaseApplication  # noqa: E402
 
-from app import create_app  # noqa: E402
+from app import create_app, serving  # noqa: E402
 from app.errors import ConfigError  # noqa: E402
 
 # The access log names the path only: a key sent as ?user=KEY must never reach a log.
@@ -63,6 +63,7 @@ class Server(BaseApplication):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serving.redact_handlers(logging.getLogger())  # no key reaches a log, whatever the message or exception holds
 
     try:
         app = create_app(settings_path=args.settings)
@@ -83,12 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     if server["worker_class"] == "gevent" and "gevent.monkey" not in sys.modules:
         print("settings error: server.worker_class gevent needs main.py run as the program", file=sys.stderr)
         return 2
+    serving.configure(settings)  # the workers' limits, inherited when they fork
+    worker = serving.worker_class_path(server["worker_class"])
+    print(f"  Using worker: {server['worker_class']} ({worker})", flush=True)
     Server(
         app,
         {
             "bind": f"{host}:{port}",
             "workers": int(server["workers"]),
-            "worker_class": server["worker_class"],
+            "worker_class": worker,  # gunicorn's, plus a per-address connection limit and JSON errors
+            "logger_class": "app.serving.Logger",  # every log handler redacts keys
+            "limit_request_line": serving.REQUEST_LINE_LIMIT,  # gunicorn's maximum: long GET prompts fit
             "worker_connections": int(server["worker_connections"]),
             "threads": int(server["threads"]),
             "timeout": int(server["timeout"]),
