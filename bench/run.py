@@ -87,6 +87,7 @@ def start_server(folder: Path, upstream_url: str, server: dict | None = None) ->
             {"name": "fake", "type": "openai", "base_url": upstream_url, "api_key": "sk-bench", "model": "fake-model"}
         ],
         "server": dict(server or {}),
+        "max_connections_per_address": 0,  # every load-generator connection comes from 127.0.0.1
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     with (folder / "server.log").open("w") as log:  # the access log too: read it when something fails
