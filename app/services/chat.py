@@ -15,7 +15,7 @@ from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
 from app.store.conversations import Conversation, Message, SqlConversationStore
 from app.upstream import Delta, Done, Turn, Upstream
-from app.upstream.base import SURROGATE, checked, clean_text
+from app.upstream.base import checked, clean_text, has_surrogates
 
 TITLE_CHARS = 60
 RENEW_EVERY = 10.0  # seconds between renewals of a running turn's claim on its conversation
@@ -77,7 +77,7 @@ def check_messages(messages, max_chars: int) -> list[dict]:
         if content is None and role == "assistant":  # an assistant turn that only called tools
             content = ""
         text = message_text(content, where)
-        if SURROGATE.search(text):
+        if has_surrogates(text):
             raise BadRequest(f"{where}.content is not valid text (it holds an unpaired surrogate)", param="messages")
         total += len(text)
         clean.append({"role": role, "content": text})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -11,8 +10,6 @@ from app.config import Account
 from app.errors import UpstreamError
 from app.upstream.http import HttpClient
 
-SURROGATE = re.compile("[\ud800-\udfff]")
-HIGH_SURROGATE = re.compile("[\ud800-\udbff]$")
 MAX_ID = 200  # an upstream id or model name longer than this is not one
 
 
@@ -59,9 +56,25 @@ def as_str(value) -> str | None:
 
 def as_id(value) -> str | None:
     """Return value if it can be an id or a model name (a short, printable string), else None."""
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID and value.isprintable() and not SURROGATE.search(value):
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID and value.isprintable() and not has_surrogates(value):
         return value
     return None
+
+
+def has_surrogates(text: str) -> bool:
+    """True if text holds a surrogate code point (cannot be UTF-8); linear, and fast in C."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def ends_in_high_surrogate(text: str) -> bool:
+    """True if text ends with the first half of a surrogate pair (the other half may come next)."""
+    return bool(text) and "\ud800" <= text[-1] <= "\udbff"
 
 
 def clean_text(text: str) -> str:
@@ -70,7 +83,7 @@ def clean_text(text: str) -> str:
     Upstream text may hold them ("\\ud83d" in one event, "\\ude00" in the next); they cannot be stored
     or sent as UTF-8.
     """
-    if text.isascii() or not SURROGATE.search(text):
+    if not has_surrogates(text):
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
@@ -86,7 +99,7 @@ def checked(events: Iterator, max_chars: int, account_name: str) -> Iterator:
             if isinstance(event, Delta):
                 text = held + event.text
                 held = ""
-                if HIGH_SURROGATE.search(text):
+                if ends_in_high_surrogate(text):
                     text, held = text[:-1], text[-1]
                 text = clean_text(text)
                 total += len(text)

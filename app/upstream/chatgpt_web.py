@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 from app.errors import UpstreamError
-from app.upstream.base import HIGH_SURROGATE, Delta, Done, Turn, Upstream, as_dict, as_id, as_str
+from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_id, as_str, ends_in_high_surrogate
 
 TITLE_BYTES = 65536  # a title answer larger than this is not one
 
@@ -119,7 +119,7 @@ class _Reply:
         self.message_id = message_id
         done = self._seen.setdefault(message_id, 0)
         # A text that ends in half of a surrogate pair gets the whole pair in the next event: wait for it.
-        end = len(text) - 1 if HIGH_SURROGATE.search(text) else len(text)
+        end = len(text) - 1 if ends_in_high_surrogate(text) else len(text)
         new = text[done:end]
         if not new:
             return ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
@@ -18,6 +19,8 @@ from app.errors import StreamCut, UpstreamError, UpstreamTimeout
 
 MAX_ERROR_BODY = 4096
 READ_SIZE = 65536
+STREAM_LINES = 64  # one answer may carry this many full-length lines' worth of bytes at most
+PAUSE_EVERY = 0.005  # seconds of reading before the reader lets other greenlets run
 FRAGMENT = 8  # a run this long of a secret is redacted wherever it shows (an echo cut short is still a leak)
 # What reading a body can raise when the connection fails: requests' own, and urllib3's and the socket's (raw reads).
 BROKEN = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
@@ -128,12 +131,24 @@ class HttpClient:
         return bytes(data)
 
     def _lines(self, response: requests.Response) -> Iterator[bytes]:
-        """Yield the body's lines as they arrive, in time linear in their length, none longer than the limit."""
+        """Yield the body's lines as they arrive, in time linear in their length, none longer than the limit.
+
+        A whole answer may carry at most STREAM_LINES lines' worth of bytes (a cumulative stream resends
+        its text in every event), and the reader pauses every few milliseconds, so a fast upstream
+        never keeps a gevent worker from its other connections.
+        """
         raw, buffer, scanned = response.raw, bytearray(), 0
+        total, most, paused = 0, self.max_line_bytes * STREAM_LINES, time.monotonic()
         while True:
             piece = raw.read1(READ_SIZE)  # whatever has arrived: an event is passed on without waiting for more
             if not piece:
                 break
+            total += len(piece)
+            if total > most:
+                raise UpstreamError(
+                    f"account {self.account.name!r}: the upstream sent more than {most} bytes for one reply; "
+                    "it was stopped"
+                )
             buffer += piece
             start = 0
             while (end := buffer.find(b"\n", scanned)) >= 0:
@@ -146,6 +161,9 @@ class HttpClient:
                     f"account {self.account.name!r}: the upstream sent a line longer than "
                     f"{self.max_line_bytes} bytes; the reply was stopped"
                 )
+            if time.monotonic() - paused > PAUSE_EVERY:
+                time.sleep(0)  # under gevent (patched): let the worker's other greenlets run
+                paused = time.monotonic()
         if buffer:
             yield bytes(buffer)
 
