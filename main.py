@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": int(server["workers"]),
             "worker_class": worker,  # gunicorn's, plus a per-address connection limit and JSON errors
             "logger_class": "app.serving.Logger",  # every log handler redacts keys
+            "pre_request": serving.pre_request,
             "limit_request_line": serving.REQUEST_LINE_LIMIT,  # gunicorn's maximum: long GET prompts fit
             "worker_connections": int(server["worker_connections"]),
             "threads": int(server["threads"]),

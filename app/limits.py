@@ -209,6 +209,7 @@ class GuardedInput:
         )
         with contextlib.suppress(AttributeError):
             self.stream.failed = True  # gunicorn's Body: its parser then closes the connection
+            self.stream.req.must_close = True  # and the answer says so (app/serving.py's pre_request)
         raise exc
 
 

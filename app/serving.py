@@ -330,6 +330,14 @@ class ThreadWorker(JsonErrors, gthread.ThreadWorker):
     """gunicorn's threaded worker with JSON errors (its connections are bounded by worker_connections)."""
 
 
+def pre_request(worker, req) -> None:
+    """gunicorn's pre_request hook: let the body know its request, so a refused body can close the
+    connection with Connection: close (app/limits.py sets req.must_close)."""
+    worker.log.debug("%s %s", req.method, req.path)  # gunicorn's own pre_request
+    if req.body is not None:
+        req.body.req = req
+
+
 def configure(settings: dict) -> None:
     """Hand the workers their limits from settings (called in the master, before the workers fork)."""
     GeventWorker.max_connections_per_address = int(settings["max_connections_per_address"])

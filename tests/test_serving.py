@@ -113,6 +113,13 @@ def closed(sock: socket.socket, timeout: float) -> bool:
         return True
 
 
+def fresh_get(proc: Proc, path: str, **kwargs) -> requests.Response:
+    """GET on a new connection (a pooled one may be closing just now: keepalive is short here), no proxy."""
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.get(proc.url + path, timeout=5, headers={"Connection": "close"}, **kwargs)
+
+
 def readable(sock: socket.socket, timeout: float) -> bool:
     return bool(select.select([sock], [], [], timeout)[0])
 
@@ -161,6 +168,7 @@ def test_trickled_body_is_cut_after_body_timeout(server, framing):
         elapsed = time.monotonic() - started
         assert status == 408, f"no answer after {elapsed:.1f}s"
         assert headers["content-type"] == "application/json"
+        assert headers["connection"] == "close"
         assert json.loads(body) == {
             "status": "error",
             "code": "request_timeout",
@@ -184,7 +192,7 @@ def test_trickled_body_is_cut_under_gthread_too(tmp_path):
             assert status == 408, f"no answer after {time.monotonic() - started:.1f}s"
             assert json.loads(body)["message"] == f"request body not received within {BODY_TIMEOUT}s"
             assert closed(sock, 2)
-        assert proc.get("/api/health").status_code == 200
+        assert fresh_get(proc, "/api/health").status_code == 200
     finally:
         proc.stop()
 
@@ -217,7 +225,7 @@ def test_trickled_head_is_cut_with_keepalive_off(tmp_path):
             assert status == 408, f"no answer after {elapsed:.1f}s"
             assert json.loads(body)["code"] == "request_timeout"
             assert elapsed < BODY_TIMEOUT + 1.5
-        assert proc.get("/api/health").status_code == 200  # the worker lives on
+        assert fresh_get(proc, "/api/health").status_code == 200  # the worker lives on
         assert "Traceback" not in proc.stderr
     finally:
         proc.stop()
@@ -236,7 +244,7 @@ def test_one_address_cannot_hold_every_connection(server):
         timings = []
         for _ in range(3):
             before = time.monotonic()
-            health = requests.get(server.url + "/api/health", timeout=2, headers={"Connection": "close"})
+            health = fresh_get(server, "/api/health")
             timings.append(time.monotonic() - before)
             assert health.status_code == 200
         assert min(timings) < 0.1, timings
@@ -345,8 +353,9 @@ def test_malformed_or_cut_body_is_a_400_without_traceback(server, path, case):
         send(sock, raw.replace("{path}", path).encode())
         if hang_up:
             sock.shutdown(socket.SHUT_WR)  # the upload ends here; the client still reads the answer
-        status, _headers, body = read_answer(sock)
+        status, headers, body = read_answer(sock)
         assert status == 400, body
+        assert headers["connection"] == "close"
         assert error_message(path, body) == message
         assert closed(sock, 2)
     server.wait_for_output(f"refused the body of POST {path} from 127.0.0.1: {message}")
@@ -359,7 +368,7 @@ def test_malformed_or_cut_body_is_a_400_without_traceback(server, path, case):
 def test_get_prompt_up_to_the_request_line_limit_is_answered(server):
     """A GET prompt of 8,000 characters fits gunicorn's request line (8190 bytes); over it is a JSON 414."""
     prompt = "p" * 8000
-    answer = requests.get(server.url + "/api/chat", params={"prompt": prompt, "user": KEY}, timeout=30)
+    answer = fresh_get(server, "/api/chat", params={"prompt": prompt, "user": KEY})
     assert answer.status_code == 200, answer.text[:300]
     assert prompt in answer.json()["reply"]
 
