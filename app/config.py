@@ -283,9 +283,11 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
         raise ConfigError(
             f"server.worker_class: must be one of {', '.join(WORKER_CLASSES)} (got {server['worker_class']!r})"
         )
-    for name in ("workers", "worker_connections", "threads"):
+    for name in ("workers", "worker_connections", "threads", "timeout"):
         if server[name] < 1:
             raise ConfigError(f"server.{name}: must be 1 or more")
+    if server["keepalive"] < 0:
+        raise ConfigError("server.keepalive: must be 0 or more")
     if not 0 < settings["port"] < 65536:
         raise ConfigError(f"port: must be between 1 and 65535 (got {settings['port']})")
     for name in ("connect", "read"):
