@@ -64,7 +64,7 @@ def create_app(
     pool = Pool(settings["accounts"], settings, store.next_cursor)
     conversations = ConversationService(store)
     services = SimpleNamespace(
-        users=UserService(users, store),
+        users=UserService(users, store, settings["max_users_per_client"]),
         conversations=conversations,
         chat=ChatService(store, pool, conversations, settings),
         pool=pool,

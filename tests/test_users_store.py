@@ -284,3 +284,127 @@ def test_cache_sees_a_change_from_another_process(path):
     subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
     assert store.get_by_key_hash("from-child").user_id == "a"
     assert store.get("a").key_hash == "from-child"
+
+
+# -- the change journal (users.json.journal) ------------------------------------------------
+
+
+def same_users(store: JsonUserStore) -> None:
+    """Assert store's cache holds exactly what users.json holds, looked up every way."""
+    fresh = JsonUserStore(store.path)
+    assert store.list() == fresh.list()
+    for user in fresh.list():
+        assert store.get_by_key_hash(user.key_hash) == user
+        if user.external_id is not None:
+            assert store.find_external(user.created_by, user.external_id) == user
+
+
+def change_mix(path: str, worker: int, barrier, rounds: int) -> None:
+    """Child process: add, rotate and delete its own users while others do; check its cache after each change."""
+    store = JsonUserStore(path)
+    store.count()
+    barrier.wait()
+    for i in range(rounds):
+        uid = f"m{worker}-{i}"
+        store.add(make_user(uid, created_by=f"bot{worker}", external_id=str(i)))
+        store.set_key_hash(uid, f"rotated-{uid}")
+        assert store.get_by_key_hash(f"hash-{uid}") is None
+        assert store.find_external(f"bot{worker}", str(i)).key_hash == f"rotated-{uid}"
+        if i % 3 == 0:
+            store.delete(uid)
+            assert store.get(uid) is None
+    same_users(store)
+
+
+def test_processes_changing_at_once_keep_every_cache_exact(path):
+    """Four processes adding, rotating and deleting at once lose no change, and every cache, followed through
+    the journal, ends equal to the file (a watcher that read the file before them too)."""
+    watcher = JsonUserStore(path)
+    watcher.add(make_user("admin"))
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    procs = [context.Process(target=change_mix, args=(str(path), w, barrier, 30)) for w in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    expected = {"admin"} | {f"m{w}-{i}" for w in range(4) for i in range(30) if i % 3}
+    assert set(assert_complete(path)) == expected
+    reloads = watcher.full_reloads
+    same_users(watcher)
+    assert watcher.full_reloads == reloads, "the watcher could not follow the journal"
+
+
+def test_users_json_is_one_compact_user_per_line(store, path):
+    """users.json is still plain JSON, laid out one user per line; the journal is private too."""
+    store.add(make_user("a"))
+    store.add(make_user("b", username='quote " and \\ and \u00e9'))
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith('{"version":1,"gen":2,"users":{') and lines[-1] == "}}"
+    assert [json.loads("{" + line.rstrip(",") + "}") for line in lines[1:-1]] == [
+        {u: {k: v for k, v in dataclasses.asdict(make_user(u)).items() if k != "user_id"}} for u in ("a",)
+    ] + [{"b": {k: v for k, v in dataclasses.asdict(store.get("b")).items() if k != "user_id"}}]
+    assert store.get("b").username == 'quote " and \\ and \u00e9'
+    assert (path.parent / "users.json.journal").stat().st_mode & 0o777 == 0o600
+
+
+def plant_phantom(path: Path) -> None:
+    """A journal entry a writer appended before dying ahead of its replace: it never became true."""
+    st = path.stat()
+    gen = json.loads(path.read_text())["gen"]
+    ghost = {k: v for k, v in dataclasses.asdict(make_user("ghost")).items() if k != "user_id"}
+    entry = {"gen": gen + 1, "base": [st.st_ino, st.st_size, st.st_mtime_ns], "stamp": [1, 2, 3], "del": ["a"]}
+    with open(str(path) + ".journal", "a") as journal:
+        journal.write(json.dumps({**entry, "put": {"ghost": ghost}}) + "\n")
+
+
+def hand_edit(path: Path) -> None:
+    raw = json.loads(path.read_text())
+    raw["users"]["a"]["key_hash"] = "edited-by-hand"
+    path.write_text(json.dumps(raw, indent=2))
+
+
+@pytest.mark.parametrize(
+    "mishap",
+    [
+        pytest.param(lambda path: Path(str(path) + ".journal").unlink(), id="journal-removed"),
+        pytest.param(lambda path: Path(str(path) + ".journal").write_text("not json\n{half a li"), id="garbage"),
+        pytest.param(plant_phantom, id="phantom-entry"),
+        pytest.param(hand_edit, id="hand-edit"),
+    ],
+)
+def test_cache_stays_exact_when_the_journal_cannot_be_trusted(path, mishap):
+    """A removed or garbled journal, an entry whose replace never happened, or a hand edit: the cache still
+    equals the file, before and after further changes from another instance."""
+    first, other = JsonUserStore(path), JsonUserStore(path)
+    first.add(make_user("a"))
+    first.add(make_user("b"))
+    assert first.count() == 2 and other.count() == 2
+    mishap(path)
+    same_users(first)
+    assert first.get("ghost") is None and first.get("a") is not None
+    other.set_key_hash("b", "rotated")
+    other.add(make_user("c"))
+    same_users(first)
+    first.delete("c")
+    same_users(other)
+    assert first.get_by_key_hash("hash-b") is None and first.get_by_key_hash("rotated").user_id == "b"
+
+
+def test_journal_is_trimmed_and_a_far_behind_cache_reloads(path, monkeypatch):
+    """Past its size limit the journal keeps its last entries; a cache behind by more reads the whole file."""
+    from app.store import users_json
+
+    monkeypatch.setattr(users_json, "JOURNAL_MAX_BYTES", 4096)
+    monkeypatch.setattr(users_json, "JOURNAL_KEEP", 5)
+    writer, close, far = JsonUserStore(path), JsonUserStore(path), JsonUserStore(path)
+    writer.add(make_user("a"))
+    assert close.count() == far.count() == 1
+    for i in range(60):
+        writer.set_key_hash("a", f"k{i}")
+        assert close.get_by_key_hash(f"k{i}").user_id == "a"
+    assert (path.parent / "users.json.journal").stat().st_size <= 4096 + 1024
+    assert close.full_reloads == 1  # its first read only
+    assert far.get_by_key_hash("k59").user_id == "a" and far.full_reloads == 2
+    same_users(far)

@@ -52,9 +52,10 @@ def check_id(value: str, param: str = "user_id") -> str:
 
 
 class UserService:
-    def __init__(self, store: UserStore, conversations: SqlConversationStore):
+    def __init__(self, store: UserStore, conversations: SqlConversationStore, max_users_per_client: int = 0):
         self.store = store
         self.conversations = conversations
+        self.max_users_per_client = max_users_per_client  # 0: no limit
 
     # -- authentication ------------------------------------------------------------------
 
@@ -116,7 +117,8 @@ class UserService:
             external_id=external_id,
             created_at=now_iso(),
         )
-        return self.store.add(user), key
+        limit = self.max_users_per_client if actor.role == "client" else 0
+        return self.store.add(user, limit=limit), key
 
     def speak_for(self, client: User, external_id: str, username: str | None, plus: bool | None, create: bool) -> User:
         """Find the user a client knows by its own id, creating it when create is set."""

@@ -58,8 +58,12 @@ class UserStore(ABC):
         """Return how many users there are."""
 
     @abstractmethod
-    def add(self, user: User) -> User:
-        """Add a user; Conflict if its id, or its (creator, external id), is taken."""
+    def add(self, user: User, limit: int = 0) -> User:
+        """Add a user; Conflict if its id, or its (creator, external id), is taken.
+
+        With a limit, Forbidden if its creator already has that many users (checked in the same
+        change, so parallel adds cannot overshoot).
+        """
 
     @abstractmethod
     def delete(self, user_id: str, guard: Guard | None = None) -> User:
