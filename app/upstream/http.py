@@ -6,6 +6,7 @@ account's key or its proxy password: upstream messages are scrubbed before they 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
@@ -94,8 +95,7 @@ class HttpClient:
 
     def sse_data(self, response: requests.Response) -> Iterator[str]:
         """Yield the data field of each server-sent event until [DONE] or the end of the body."""
-        name = self.account.name
-        try:
+        with self._reading(response):
             for line in self._lines(response):
                 if not line.startswith(b"data:"):
                     continue
@@ -104,31 +104,31 @@ class HttpClient:
                     _drain(response)
                     return
                 yield data
-            raise StreamCut(f"account {name!r}: the upstream ended the reply before finishing it")
-        except BROKEN as exc:
-            if _is_timeout(exc):
-                raise self._read_timeout("stopped sending") from None
-            raise UpstreamError(f"account {name!r}: the upstream connection broke mid-reply") from None
-        finally:
-            response.close()
+            raise StreamCut(f"account {self.account.name!r}: the upstream ended the reply before finishing it")
 
     def body(self, response: requests.Response, limit: int) -> bytes:
         """Read a whole (non-streamed) answer, at most limit bytes of it: past that it is a 502."""
         data = bytearray()
-        try:
+        with self._reading(response):
             while piece := response.raw.read1(READ_SIZE):
                 data += piece
                 if len(data) > limit:
                     raise UpstreamError(
                         f"account {self.account.name!r}: the upstream's answer is larger than {limit} bytes"
                     )
+        return bytes(data)
+
+    @contextlib.contextmanager
+    def _reading(self, response: requests.Response):
+        """Read a response's body: a broken connection is a 502, a silent one a 504; closed in any case."""
+        try:
+            yield
         except BROKEN as exc:
             if _is_timeout(exc):
                 raise self._read_timeout("stopped sending") from None
             raise UpstreamError(f"account {self.account.name!r}: the upstream connection broke mid-reply") from None
         finally:
             response.close()
-        return bytes(data)
 
     def _lines(self, response: requests.Response) -> Iterator[bytes]:
         """Yield the body's lines as they arrive, in time linear in their length, none longer than the limit.
