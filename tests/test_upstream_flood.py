@@ -119,3 +119,29 @@ def test_an_upstream_flood_is_a_502_and_health_stays_fast(server_on, flood):
     assert len(took) >= 5
     slowest = sorted(took)[-5:]
     assert max(took) < 0.1, f"slowest /api/health answers (ms): {[round(t * 1000) for t in slowest]}"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_reply_of_many_small_pieces_never_stalls_health(server_on, stream):
+    """The demo quotes a 100,000-character prompt back word by word: ~50,000 pieces, four at once."""
+    proc = server_on({"name": "demo", "type": "demo"})
+    probe = HealthProbe().start(proc.url)
+    answers: list[requests.Response] = []
+
+    def chat() -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            body = {"prompt": "a " * 49_000, "stream": stream}
+            headers = {"Authorization": f"Bearer {KEY}"}
+            answers.append(session.post(proc.url + "/api/chat", json=body, headers=headers, timeout=60))
+
+    chats = [threading.Thread(target=chat) for _ in range(4)]
+    for thread in chats:
+        thread.start()
+    for thread in chats:
+        thread.join(60)
+    took = probe.stop()
+    assert [a.status_code for a in answers] == [200] * 4
+    assert all(("event: done" in a.text) if stream else a.json()["reply"] for a in answers)
+    slowest = sorted(took)[-5:]
+    assert max(took) < 0.1, f"slowest /api/health answers (ms): {[round(t * 1000) for t in slowest]}"

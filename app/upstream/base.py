@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from app.config import Account
 from app.errors import UpstreamError
-from app.upstream.http import HttpClient
+from app.upstream.http import HttpClient, Pacer
 
 MAX_ID = 200  # an upstream id or model name longer than this is not one
 
@@ -92,10 +92,12 @@ def checked(events: Iterator, max_chars: int, account_name: str) -> Iterator:
     """Pass an upstream's events on as valid text, and stop a reply longer than max_chars with a 502.
 
     A high surrogate that ends one delta waits for the next, so an emoji split across events arrives whole.
+    Every few milliseconds the worker's other connections get their turn.
     """
-    held, total = "", 0
+    held, total, pace = "", 0, Pacer()
     try:
         for event in events:
+            pace()  # a reply of many small pieces (or a fast upstream) must not hold the worker
             if isinstance(event, Delta):
                 text = held + event.text
                 held = ""
@@ -108,7 +110,7 @@ def checked(events: Iterator, max_chars: int, account_name: str) -> Iterator:
                         f"account {account_name!r}: the reply grew longer than {max_chars} characters and was stopped"
                     )
                 if text:
-                    yield replace(event, text=text)
+                    yield event if text is event.text else replace(event, text=text)
             else:
                 if held:
                     yield Delta("\ufffd")

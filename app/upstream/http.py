@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import sys
 import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
@@ -138,7 +139,7 @@ class HttpClient:
         never keeps a gevent worker from its other connections.
         """
         raw, buffer, scanned = response.raw, bytearray(), 0
-        total, most, paused = 0, self.max_line_bytes * STREAM_LINES, time.monotonic()
+        total, most, pace = 0, self.max_line_bytes * STREAM_LINES, Pacer()
         while True:
             piece = raw.read1(READ_SIZE)  # whatever has arrived: an event is passed on without waiting for more
             if not piece:
@@ -161,11 +162,35 @@ class HttpClient:
                     f"account {self.account.name!r}: the upstream sent a line longer than "
                     f"{self.max_line_bytes} bytes; the reply was stopped"
                 )
-            if time.monotonic() - paused > PAUSE_EVERY:
-                time.sleep(0)  # under gevent (patched): let the worker's other greenlets run
-                paused = time.monotonic()
+            pace()
         if buffer:
             yield bytes(buffer)
+
+
+def _let_others_run() -> None:
+    """Under gevent (main.py patches time first), wait for the event loop to poll for I/O and run
+    what is ready: sleep(0) would only switch among greenlets already running, and a new
+    connection would still wait. In a thread, free the GIL for a moment."""
+    if "gevent" in sys.modules:
+        from gevent import idle, monkey
+
+        if monkey.is_module_patched("time"):
+            idle()
+            return
+    time.sleep(0)
+
+
+class Pacer:
+    """Called on every step of a long loop: every PAUSE_EVERY seconds it lets the gevent worker's
+    other connections have their turn."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last > PAUSE_EVERY:
+            _let_others_run()
+            self.last = time.monotonic()
 
 
 def _drain(response: requests.Response, limit: int = 65536) -> None:
