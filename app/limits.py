@@ -77,6 +77,8 @@ class GuardedInput:
         self.received = 0
         self.watchdog: threading.Timer | None = None
         self.expired = False
+        self.finished = False  # the body was read to its end
+        self.chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
     # -- the file interface Werkzeug and the WSGI spec use ---------------------------------
 
@@ -129,6 +131,8 @@ class GuardedInput:
 
     def _count(self, data: bytes, short: bool) -> None:
         self.received += len(data)
+        if not data or (self.length is not None and self.received >= self.length):
+            self.finished = True
         if self.length is not None and self.received >= self.length:
             self.disarm()
         if short and self.length is not None and self.received < self.length:
@@ -192,6 +196,15 @@ class GuardedInput:
         if self.watchdog is not None:
             self.watchdog.cancel()
 
+    def close_if_unread(self) -> None:
+        """A body the app left unread (a 404, a 405, /api/health) is not drained: gunicorn would read it
+        to its end with no time or size limit, and a fast sender would hold the worker. The connection
+        closes after the answer instead."""
+        if self.finished or not (self.chunked or (self.length or 0) > self.received):
+            return
+        with contextlib.suppress(AttributeError):
+            self.stream.req.must_close = True
+
     def _timed_out(self):
         seconds = f"{self.timeout:g}"
         self._fail(BodyTimeout(f"request body not received within {seconds}s"))
@@ -232,6 +245,7 @@ class BodyGuard:
             return self.app(environ, start_response)  # Flask has read what it reads of the body by now
         finally:
             guarded.disarm()
+            guarded.close_if_unread()
 
 
 def install(app: Flask) -> None:

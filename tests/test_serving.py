@@ -404,3 +404,22 @@ def test_gunicorn_errors_are_json(server, raw, status, code):
     data = json.loads(body)
     assert (data["status"], data["code"]) == ("error", code)
     assert data["message"]
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/no/such/page"])
+def test_a_body_nobody_reads_is_not_drained(server, path):
+    """A huge body on a route that never reads it: the answer says Connection: close and the connection
+    ends, instead of gunicorn reading it to its end with no limit (a fast sender held the whole worker)."""
+    with connect(server, source="127.0.0.3") as sock:
+        send(sock, f"GET {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000000\r\n\r\n".encode())
+        send(sock, b"x" * 65536)
+        status, headers, _ = read_answer(sock)
+        assert status in (200, 404)
+        assert headers.get("connection", "").lower() == "close"
+        ended, deadline = False, time.monotonic() + 3
+        while not ended and time.monotonic() < deadline:  # keep pushing, as the attack did
+            ended = not send(sock, b"x" * 65536) or readable(sock, 0) and closed(sock, 0.1)
+        assert ended, "the server kept reading an unread body"
+    started = time.monotonic()
+    assert fresh_get(server, "/api/health").status_code == 200
+    assert time.monotonic() - started < 0.5
