@@ -22,7 +22,7 @@ from upstream_fixtures import (
     web_account,
 )
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, Unauthorized
 from app.store.conversations import Conversation, Message, SqlConversationStore
 
 SECRET = "sk-test-key-0123456789"  # openai_account's default api_key
@@ -351,3 +351,13 @@ def test_a_follow_up_on_a_plus_account_needs_plus_now(make_server, admin, tmp_pa
     (tmp_path / "users.json").write_text(json.dumps(users))
     response = server.post("/api/chat", made["api_key"], json={"prompt": "more", "conversation_id": cid})
     assert_error(response, 403, "plus")
+
+
+def test_a_client_deleted_while_its_request_waits_creates_nobody(server, admin, client_role):
+    """Found in review: a client authenticated, then deleted, then its speak-for request creates a user."""
+    services = server.services
+    actor = services.users.authenticate(client_role["api_key"])  # the request got this far ...
+    assert server.call("DELETE", f"/api/users/{client_role['user_id']}", admin).status_code == 200
+    with pytest.raises(Unauthorized):  # ... and then reached the users file
+        services.users.speak_for(actor, "ext-1", None, None, True)
+    assert not [u for u in services.users.store.list() if u.created_by == client_role["user_id"]]

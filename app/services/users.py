@@ -118,7 +118,7 @@ class UserService:
             created_at=now_iso(),
         )
         limit = self.max_users_per_client if actor.role == "client" else 0
-        return self.store.add(user, limit=limit), key
+        return self.store.add(user, limit=limit, require_creator=True), key
 
     def speak_for(self, client: User, external_id: str, username: str | None, plus: bool | None, create: bool) -> User:
         """Find the user a client knows by its own id, creating it when create is set."""

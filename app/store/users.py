@@ -58,11 +58,12 @@ class UserStore(ABC):
         """Return how many users there are."""
 
     @abstractmethod
-    def add(self, user: User, limit: int = 0) -> User:
+    def add(self, user: User, limit: int = 0, require_creator: bool = False) -> User:
         """Add a user; Conflict if its id, or its (creator, external id), is taken.
 
         With a limit, Forbidden if its creator already has that many users (checked in the same
-        change, so parallel adds cannot overshoot).
+        change, so parallel adds cannot overshoot). With require_creator, Unauthorized if the creator
+        no longer exists (deleted while this request waited).
         """
 
     @abstractmethod

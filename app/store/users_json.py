@@ -37,7 +37,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from app.errors import Busy, Conflict, Forbidden, NotFound
+from app.errors import Busy, Conflict, Forbidden, NotFound, Unauthorized
 from app.store.users import Guard, User, UserStore
 
 log = logging.getLogger(__name__)
@@ -337,8 +337,11 @@ class JsonUserStore(UserStore):
             raise
         self._version = (self._version[0], (inode, len(kept)))
 
-    def add(self, user: User, limit: int = 0) -> User:
+    def add(self, user: User, limit: int = 0, require_creator: bool = False) -> User:
         def apply() -> tuple[User, Delta]:
+            if require_creator and user.created_by not in self._users:
+                # Its creator was deleted while this request waited for the lock: nobody may speak for it now.
+                raise Unauthorized("the key that asked for this was deleted meanwhile")
             if user.user_id in self._users:
                 raise Conflict(f"user_id {user.user_id!r} already exists", param="user_id")
             if self._created[user.user_id]:
