@@ -23,6 +23,7 @@ from upstream_fixtures import (
 )
 
 from app.errors import Conflict, NotFound, Unauthorized
+from app.services.principal import Principal
 from app.store.conversations import Conversation, Message, SqlConversationStore
 
 SECRET = "sk-test-key-0123456789"  # openai_account's default api_key
@@ -361,3 +362,25 @@ def test_a_client_deleted_while_its_request_waits_creates_nobody(server, admin, 
     with pytest.raises(Unauthorized):  # ... and then reached the users file
         services.users.speak_for(actor, "ext-1", None, None, True)
     assert not [u for u in services.users.store.list() if u.created_by == client_role["user_id"]]
+
+
+def test_a_turn_accepted_before_its_user_was_deleted_is_not_kept(server, admin):
+    """Found in review: the turn's start is when the request came in, not after its key was looked up."""
+    made = server.create_user(admin, "lee", user_id="lee")
+    principal = Principal(*(server.services.users.authenticate(made["api_key"]),) * 2)
+    arrived = time.time()  # the request is here; its key checks out ...
+    assert server.call("DELETE", "/api/users/lee", admin).status_code == 200  # ... and lee goes meanwhile
+    with pytest.raises(Unauthorized):
+        server.services.chat.ask(principal, "hello", accepted=arrived)
+    assert server.services.store.owned_ids("lee") == []
+
+
+def test_a_turn_planned_on_old_history_is_refused_before_it_runs(server, user):
+    """Found in review: a turn planned while another ran, claimed after it ended, would send stale history."""
+    principal = Principal(*(server.services.users.authenticate(user["api_key"]),) * 2)
+    cid = server.chat(user["api_key"], "first")["conversation_id"]
+    planned = server.services.chat.ask_stream(principal, "second", conversation_id=cid)  # history read now
+    server.chat(user["api_key"], "another second", conversation_id=cid)  # a turn that ran meanwhile
+    with pytest.raises(Conflict, match="moved on"):
+        next(planned)
+    assert server.chat(user["api_key"], "third", conversation_id=cid)["reply"]  # nothing was left claimed

@@ -136,9 +136,14 @@ class ChatService:
         plus: str = "false",
         access_token: str | None = None,
         user_plus: bool = False,
+        accepted: float | None = None,
     ) -> Iterator[Delta | dict]:
-        """Check everything, then return a generator of Delta events ending with the answer JSON."""
-        accepted = time.time()  # the caller was known to exist by now; a deletion after this voids the turn
+        """Check everything, then return a generator of Delta events ending with the answer JSON.
+
+        accepted: when the request arrived, before its key was looked up (default: now); a deletion
+        of the user after that voids the turn.
+        """
+        accepted = time.time() if accepted is None else accepted
         plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
         plan.accepted = accepted
         return self._run(principal, plan)
@@ -252,10 +257,18 @@ class ChatService:
         """Hold a follow-up's conversation for this turn: a second turn meanwhile is a 409, never a fork."""
         if plan.conversation is None:
             return None  # a new conversation: nobody else knows its id yet
-        holder = uuid.uuid4().hex
-        if not self.store.claim_turn(plan.conversation.conversation_id, holder, self.claim_seconds):
+        holder, cid = uuid.uuid4().hex, plan.conversation.conversation_id
+        if not self.store.claim_turn(cid, holder, self.claim_seconds):
             raise Conflict(
                 "another turn of this conversation is still running; send this one when it has finished",
+                param="conversation_id",
+            )
+        last = self.store.last_message(cid)
+        if (last.message_id if last else None) != (plan.last.message_id if plan.last else None):
+            # A turn ended between our reading the history and our claim: ours was planned on old history.
+            self.store.release_turn(cid, holder)
+            raise Conflict(
+                "this conversation moved on while this turn was being prepared; send it again",
                 param="conversation_id",
             )
         return holder
