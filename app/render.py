@@ -96,7 +96,8 @@ LT = "\ue000"
 LT_IN_URL = "%EE%80%80"
 AUTOLINK = re.compile(  # CommonMark's autolinks, after LT: no other "<" can start one
     LT + r"([A-Za-z][A-Za-z0-9+.-]{1,31}:[^\x00-\x20<>\ue000]*>"  # <scheme:…>
-    r"|[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    # <name@host>; a name may not start with ! ? or /, or "<!--x@a>" would open an HTML block that hides the rest
+    r"|[A-Za-z0-9.#$%&'*+=^_`{|}~-][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]*@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*>)"  # <name@host>
 )
 CMARK_OPTIONS = cmark.Options.CMARK_OPT_HARDBREAKS | cmark.Options.CMARK_OPT_STRIKETHROUGH_DOUBLE_TILDE

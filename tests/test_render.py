@@ -351,3 +351,12 @@ def test_conversation_page_with_a_pathological_reply_is_fast(server, admin):
         took = time.monotonic() - started
         assert page.status_code == 200 and "[[[[[[[[" in page.text
         assert took < 1.0, f"/chat/<id> took {took:.2f} s"
+
+
+@pytest.mark.parametrize("opener", ["<!--x@a>", "<?x@a>", "</x@a>", "<!x@a>"])
+def test_an_autolink_look_alike_cannot_hide_the_rest_of_a_reply(opener):
+    """Found in review: "<!--x@a>" passed as an e-mail autolink, and cmark then opened an HTML block
+    (dropped in safe mode) that swallowed everything after it."""
+    html = render_markdown(f"{opener}\nsecret text\n\nmore")
+    assert "secret text" in html and "more" in html
+    assert "&lt;" in html
