@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import Conflict, NotFound
-from app.store import JsonUserStore, User
+from app.store import JsonUserStore, User, users_json
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = {f.name: f.type for f in dataclasses.fields(User)}
@@ -395,7 +395,6 @@ def test_cache_stays_exact_when_the_journal_cannot_be_trusted(path, mishap):
 
 def test_journal_is_trimmed_and_a_far_behind_cache_reloads(path, monkeypatch):
     """Past its size limit the journal keeps its last entries; a cache behind by more reads the whole file."""
-    from app.store import users_json
 
     monkeypatch.setattr(users_json, "JOURNAL_MAX_BYTES", 4096)
     monkeypatch.setattr(users_json, "JOURNAL_KEEP", 5)
@@ -409,3 +408,24 @@ def test_journal_is_trimmed_and_a_far_behind_cache_reloads(path, monkeypatch):
     assert close.full_reloads == 1  # its first read only
     assert far.get_by_key_hash("k59").user_id == "a" and far.full_reloads == 2
     same_users(far)
+
+
+def test_a_file_back_at_an_old_stamp_still_gets_its_changes(tmp_path, monkeypatch):
+    """Found in review: two changes within one clock tick can leave users.json with the very (inode,
+    size, mtime) another process last read (ext4 reuses a freed inode at once). That process must
+    still apply both changes, or a rotated key would keep working there."""
+    path = tmp_path / "users.json"
+    writer, reader = JsonUserStore(path), JsonUserStore(path)
+    writer.add(make_user("a"))
+    assert reader.get_by_key_hash("hash-a") is not None  # the reader has read the file at stamp S0
+    s0 = users_json._stamp(path)
+    writer.set_key_hash("a", "hash-two")
+    writer.set_key_hash("a", "hash-three")
+    s2 = users_json._stamp(path)
+    compact = lambda stamp: json.dumps(list(stamp), separators=(",", ":"))  # noqa: E731
+    journal = reader.journal_path
+    journal.write_text(journal.read_text().replace(compact(s2), compact(s0)))  # the last change ended at S0
+    real = users_json._stamp
+    monkeypatch.setattr(users_json, "_stamp", lambda p: s0 if Path(p) == path else real(p))
+    assert reader.get_by_key_hash("hash-a") is None
+    assert reader.get_by_key_hash("hash-three").user_id == "a"

@@ -183,7 +183,14 @@ class JsonUserStore(UserStore):
         self._reload()
 
     def _catch_up(self, current: Stamp) -> bool:
-        """Apply the journal's entries after what the cache has read; True if it now equals users.json."""
+        """Apply the journal's entries after what the cache has read; True if it now equals users.json.
+
+        The entries that follow on from the cache's stamp form a chain of (stamp before, stamp after);
+        the longest start of that chain that ends at users.json's stamp is applied. Its end, not the
+        first match, counts: a file can come back to an old stamp (an inode reused for a file of the
+        same size within one clock tick), and an entry appended just before its file's replace must
+        wait for it.
+        """
         stamp, journal = self._version
         try:
             fd = os.open(self.journal_path, os.O_RDONLY)
@@ -195,22 +202,29 @@ class JsonUserStore(UserStore):
             data = os.pread(fd, info.st_size - offset, offset)
         finally:
             os.close(fd)
-        position = offset
+        chain, at, gen, end = [], stamp, self._gen, offset
+        best = (0, offset) if stamp == current else None  # (entries to apply, journal position after them)
         for raw in data.split(b"\n")[:-1]:  # complete lines only: a line being written is read next time
+            end += len(raw) + 1
             entry = _parse_entry(raw)
-            if entry is not None and entry[0] > self._gen:
-                gen, base, after, put, drop = entry
-                if stamp == current:
-                    break  # written ahead of its replace: apply it once users.json is replaced
-                if gen > self._gen + 1:
-                    break  # a gap: an entry is missing
-                if base == stamp:
-                    self._apply(put, drop)
-                    self._gen, stamp = gen, after
-                # else another history's entry for this generation (a hand edit came between): skip it
-            position += len(raw) + 1
-        self._version = (stamp, (info.st_ino, position))
-        return stamp == current
+            if entry is None or entry[0] <= gen:
+                continue
+            if entry[0] > gen + 1:
+                break  # a gap: an entry is missing
+            if entry[1] != at:
+                continue  # another history's entry for this generation (a hand edit came between)
+            chain.append(entry)
+            gen, at = entry[0], entry[2]
+            if at == current:
+                best = (len(chain), end)
+        if best is None:
+            return False
+        count, position = best
+        for gen, _base, _after, put, drop in chain[:count]:
+            self._apply(put, drop)
+            self._gen = gen
+        self._version = (current, (info.st_ino, position))
+        return True
 
     def _reload(self) -> None:
         """Read the whole of users.json; the stamp comes from the very file read."""
