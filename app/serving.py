@@ -141,6 +141,42 @@ REASONS = {
 }
 
 
+# gunicorn's errors before the app runs, first match wins: (exception classes, status, code, message).
+PLAIN_ERRORS = [
+    (http_errors.InvalidRequestLine, 400, "bad_request", "the request line is malformed"),
+    (http_errors.InvalidRequestMethod, 400, "bad_request", "the request method is malformed"),
+    (
+        http_errors.InvalidHTTPVersion,
+        400,
+        "bad_request",
+        "the HTTP version is not supported (send HTTP/1.1 or HTTP/1.0)",
+    ),
+    (HEADER_ERRORS, 400, "bad_request", "a request header is malformed"),
+    (CHUNK_ERRORS, 400, "bad_request", "request body is malformed: bad chunked encoding"),
+    (
+        (http_errors.InvalidProxyLine, http_errors.InvalidProxyHeader, http_errors.InvalidH2CPreface),
+        400,
+        "bad_request",
+        "the connection's preface is malformed",
+    ),
+    (
+        http_errors.UnsupportedTransferCoding,
+        501,
+        "not_implemented",
+        "the request's Transfer-Encoding is not supported (send chunked or none)",
+    ),
+    (
+        http_errors.ExpectationFailed,
+        417,
+        "expectation_failed",
+        "the request's Expect header cannot be met (only 100-continue is)",
+    ),
+    (http_errors.ForbiddenProxyRequest, 403, "forbidden", "PROXY protocol is not accepted from this address"),
+    (ssl.SSLError, 403, "forbidden", "TLS error"),
+    (gevent.Timeout, 408, "request_timeout", "request headers not received in time"),
+]
+
+
 def describe(exc: BaseException, cfg) -> tuple[int, str, str]:
     """(status, code, message) for an error gunicorn met before the app ran. The message never quotes the request."""
     if isinstance(exc, http_errors.LimitRequestLine):
@@ -157,28 +193,9 @@ def describe(exc: BaseException, cfg) -> tuple[int, str, str]:
             f"the request headers are too large (at most {cfg.limit_request_fields} header fields "
             f"of at most {cfg.limit_request_field_size} bytes each)",
         )
-    if isinstance(exc, http_errors.InvalidRequestLine):
-        return 400, "bad_request", "the request line is malformed"
-    if isinstance(exc, http_errors.InvalidRequestMethod):
-        return 400, "bad_request", "the request method is malformed"
-    if isinstance(exc, http_errors.InvalidHTTPVersion):
-        return 400, "bad_request", "the HTTP version is not supported (send HTTP/1.1 or HTTP/1.0)"
-    if isinstance(exc, HEADER_ERRORS):
-        return 400, "bad_request", "a request header is malformed"
-    if isinstance(exc, CHUNK_ERRORS):
-        return 400, "bad_request", "request body is malformed: bad chunked encoding"
-    if isinstance(exc, (http_errors.InvalidProxyLine, http_errors.InvalidProxyHeader, http_errors.InvalidH2CPreface)):
-        return 400, "bad_request", "the connection's preface is malformed"
-    if isinstance(exc, http_errors.UnsupportedTransferCoding):
-        return 501, "not_implemented", "the request's Transfer-Encoding is not supported (send chunked or none)"
-    if isinstance(exc, http_errors.ExpectationFailed):
-        return 417, "expectation_failed", "the request's Expect header cannot be met (only 100-continue is)"
-    if isinstance(exc, http_errors.ForbiddenProxyRequest):
-        return 403, "forbidden", "PROXY protocol is not accepted from this address"
-    if isinstance(exc, ssl.SSLError):
-        return 403, "forbidden", "TLS error"
-    if isinstance(exc, gevent.Timeout):
-        return 408, "request_timeout", "request headers not received in time"
+    for kinds, status, code, message in PLAIN_ERRORS:
+        if isinstance(exc, kinds):
+            return status, code, message
     return 500, "internal_error", "the server hit an unexpected error; it has been logged"
 
 
