@@ -6,6 +6,7 @@ without the services noticing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,9 +30,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.errors import Conflict, NotFound, Unauthorized
+from app.errors import Busy, Conflict, NotFound, Unauthorized
 
 metadata = MetaData()
 
@@ -126,13 +127,22 @@ class Message:
     completed_at: float | None = None
 
 
+READ_BUSY_MS = 1000  # SQLite's own wait, for the rare read that finds the database locked (WAL readers seldom do)
+WRITE_WAIT = 30.0  # seconds a write waits for SQLite's write lock (cooperatively) before it is a 503
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text
 
 
 class SqlConversationStore:
@@ -150,12 +160,51 @@ class SqlConversationStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    @contextlib.contextmanager
+    def _write(self):
+        """A write transaction. On SQLite the write lock is taken first (BEGIN IMMEDIATE), and the wait
+        for it happens here, in short cooperative sleeps: SQLite's own wait is a C call that would hold
+        a whole gevent worker (every connection on it) for as long as the other worker writes."""
+        if self.engine.dialect.name != "sqlite":
+            with self.engine.begin() as db:
+                yield db
+            return
+        deadline, pause = time.monotonic() + WRITE_WAIT, 0.001
+        while True:
+            db = self.engine.connect()
+            try:
+                db.exec_driver_sql("PRAGMA busy_timeout=0")
+                db.exec_driver_sql("BEGIN IMMEDIATE")
+                break
+            except OperationalError as exc:
+                with contextlib.suppress(OperationalError):
+                    db.exec_driver_sql(f"PRAGMA busy_timeout={READ_BUSY_MS}")
+                db.close()
+                if not _locked(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise Busy(
+                        "the conversation database stayed locked by other writers; try again", retry_after=2
+                    ) from None
+            time.sleep(pause)  # gevent's sleep once main.py has patched time: the worker goes on meanwhile
+            pause = min(pause * 2, 0.05)
+        try:
+            db.exec_driver_sql(f"PRAGMA busy_timeout={READ_BUSY_MS}")
+            yield db
+        except BaseException:
+            db.rollback()
+            raise
+        else:
+            db.commit()
+        finally:
+            db.close()
+
     # -- conversations -------------------------------------------------------------------
 
     def create(self, conv: Conversation, first: Message, since: float) -> None:
         """Store a new conversation with its first message, unless its owner was deleted after `since`."""
         values = {k: v for k, v in vars(conv).items() if k != "message_count"}
-        with self.engine.begin() as db:  # writes first: SQLite then holds the write lock for the whole check
+        with self._write() as db:  # writes first: SQLite then holds the write lock for the whole check
             db.execute(insert(conversations).values(**values))
             db.execute(insert(messages).values(**vars(first)))
             _refuse_retired(db, conv.owner_id, since)
@@ -184,7 +233,7 @@ class SqlConversationStore:
             return db.execute(query).scalar_one()
 
     def rename(self, conversation_id: str, title: str) -> None:
-        with self.engine.begin() as db:
+        with self._write() as db:
             db.execute(
                 update(conversations).where(conversations.c.conversation_id == conversation_id).values(title=title)
             )
@@ -192,7 +241,7 @@ class SqlConversationStore:
     def delete(self, conversation_ids: list[str]) -> int:
         if not conversation_ids:
             return 0
-        with self.engine.begin() as db:
+        with self._write() as db:
             db.execute(messages.delete().where(messages.c.conversation_id.in_(conversation_ids)))
             result = db.execute(conversations.delete().where(conversations.c.conversation_id.in_(conversation_ids)))
         return result.rowcount
@@ -227,7 +276,7 @@ class SqlConversationStore:
         if upstream_conversation_id:
             changes["upstream_conversation_id"] = upstream_conversation_id
         cid = message.conversation_id
-        with self.engine.begin() as db:  # writes first, checks after: a refusal rolls both back
+        with self._write() as db:  # writes first, checks after: a refusal rolls both back
             touched = db.execute(
                 update(conversations)
                 .where(conversations.c.conversation_id == cid, conversations.c.owner_id == owner_id)
@@ -272,7 +321,7 @@ class SqlConversationStore:
     def next_cursor(self, name: str) -> int:
         """Advance a round-robin counter shared by every process on this database; return its old value."""
         for _ in range(2):
-            with self.engine.begin() as db:
+            with self._write() as db:
                 value = db.execute(
                     update(pool_cursors)
                     .where(pool_cursors.c.name == name)
@@ -282,7 +331,7 @@ class SqlConversationStore:
             if value is not None:
                 return value - 1
             try:
-                with self.engine.begin() as db:
+                with self._write() as db:
                     db.execute(insert(pool_cursors).values(name=name, value=0))
             except IntegrityError:
                 pass  # another process created it first; the update will find it now
@@ -294,7 +343,7 @@ class SqlConversationStore:
         """Take the conversation for one turn (for seconds, renewable); False while another turn holds it."""
         for _ in range(2):
             try:
-                with self.engine.begin() as db:
+                with self._write() as db:
                     db.execute(
                         insert(turn_locks).values(
                             conversation_id=conversation_id, holder=holder, expires_at=time.time() + seconds
@@ -302,7 +351,7 @@ class SqlConversationStore:
                     )
                 return True
             except IntegrityError:
-                with self.engine.begin() as db:  # a holder that died leaves its claim to expire
+                with self._write() as db:  # a holder that died leaves its claim to expire
                     stale = db.execute(
                         delete(turn_locks).where(
                             turn_locks.c.conversation_id == conversation_id, turn_locks.c.expires_at < time.time()
@@ -313,7 +362,7 @@ class SqlConversationStore:
         return False
 
     def renew_turn(self, conversation_id: str, holder: str, seconds: float) -> None:
-        with self.engine.begin() as db:
+        with self._write() as db:
             db.execute(
                 update(turn_locks)
                 .where(turn_locks.c.conversation_id == conversation_id, turn_locks.c.holder == holder)
@@ -321,7 +370,7 @@ class SqlConversationStore:
             )
 
     def release_turn(self, conversation_id: str, holder: str) -> None:
-        with self.engine.begin() as db:
+        with self._write() as db:
             db.execute(
                 delete(turn_locks).where(turn_locks.c.conversation_id == conversation_id, turn_locks.c.holder == holder)
             )
@@ -333,7 +382,7 @@ class SqlConversationStore:
         if not user_ids:
             return 0
         user_ids = list(dict.fromkeys(user_ids))
-        with self.engine.begin() as db:  # only writes: SQLite holds its write lock from the first statement
+        with self._write() as db:  # only writes: SQLite holds its write lock from the first statement
             owned = select(conversations.c.conversation_id).where(conversations.c.owner_id.in_(user_ids))
             db.execute(messages.delete().where(messages.c.conversation_id.in_(owned)))
             removed = db.execute(conversations.delete().where(conversations.c.owner_id.in_(user_ids))).rowcount
