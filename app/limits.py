@@ -20,6 +20,7 @@ import time
 from flask import Flask, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.cooperative import under_gevent
 from app.errors import AppError, BadRequest
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,12 @@ WHAT = {
 
 
 def _gevent_timeout():
-    """gevent.Timeout when gevent has patched sockets (main.py's default), else None."""
-    try:
-        from gevent import Timeout, monkey
-    except ImportError:  # pragma: no cover
+    """gevent.Timeout in a gevent worker (main.py's default), else None."""
+    if not under_gevent():
         return None
-    return Timeout if monkey.is_module_patched("socket") else None
+    from gevent import Timeout
+
+    return Timeout
 
 
 class GuardedInput:

@@ -28,7 +28,6 @@ import functools
 import html
 import os
 import re
-import sys
 import threading
 import time
 
@@ -42,6 +41,7 @@ from pygments.lexers.special import TextLexer
 from pygments.util import ClassNotFound
 
 from app.config import DEFAULTS
+from app.cooperative import under_gevent
 
 ALLOWED_TAGS = {
     "p",
@@ -164,7 +164,7 @@ def _render_cached(text: str) -> str:
 def _in_budget(text: str, too_long: bool) -> str:
     """Render on a render thread (never on the gevent hub); RenderTimeout if not done within the budget."""
     deadline = time.monotonic() + BUDGET_SECONDS
-    if _under_gevent():
+    if under_gevent():
         import gevent
 
         try:
@@ -191,12 +191,6 @@ def _render_or_plain(text: str, too_long: bool, deadline: float) -> str | None:
         return plain_html(text, _Job(deadline))
     except RenderTimeout:
         return None
-
-
-def _under_gevent() -> bool:
-    """True when gevent has patched threading (main.py with gevent workers): then the hub must not render."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("threading")
 
 
 _pools: dict = {}

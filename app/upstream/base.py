@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from app.config import Account
+from app.cooperative import Pacer
 from app.errors import UpstreamError
-from app.upstream.http import HttpClient, Pacer
+from app.upstream.http import HttpClient
 
 MAX_ID = 200  # an upstream id or model name longer than this is not one
 

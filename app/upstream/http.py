@@ -9,20 +9,18 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import sys
-import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 import requests
 import urllib3
 
+from app.cooperative import Pacer
 from app.errors import StreamCut, UpstreamError, UpstreamTimeout
 
 MAX_ERROR_BODY = 4096
 READ_SIZE = 65536
 STREAM_LINES = 64  # one answer may carry this many full-length lines' worth of bytes at most
-PAUSE_EVERY = 0.005  # seconds of reading before the reader lets other greenlets run
 FRAGMENT = 8  # a run this long of a secret is redacted wherever it shows (an echo cut short is still a leak)
 # What reading a body can raise when the connection fails: requests' own, and urllib3's and the socket's (raw reads).
 BROKEN = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
@@ -165,32 +163,6 @@ class HttpClient:
             pace()
         if buffer:
             yield bytes(buffer)
-
-
-def _let_others_run() -> None:
-    """Under gevent (main.py patches time first), wait for the event loop to poll for I/O and run
-    what is ready: sleep(0) would only switch among greenlets already running, and a new
-    connection would still wait. In a thread, free the GIL for a moment."""
-    if "gevent" in sys.modules:
-        from gevent import idle, monkey
-
-        if monkey.is_module_patched("time"):
-            idle()
-            return
-    time.sleep(0)
-
-
-class Pacer:
-    """Called on every step of a long loop: every PAUSE_EVERY seconds it lets the gevent worker's
-    other connections have their turn."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-
-    def __call__(self) -> None:
-        if time.monotonic() - self.last > PAUSE_EVERY:
-            _let_others_run()
-            self.last = time.monotonic()
 
 
 def _drain(response: requests.Response, limit: int = 65536) -> None:
