@@ -11,7 +11,7 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import config, errors, limits
+from app import auth, config, errors, limits
 from app.pool import Pool
 from app.services import ChatService, ConversationService, UserService
 from app.store import JsonUserStore, SqlConversationStore
@@ -79,6 +79,7 @@ def create_app(
 
     errors.register(app)
     limits.install(app)
+    app.before_request(auth.note_arrival)  # first of all: before any key or session is looked up
     from app.api.routes import register as register_api
     from app.openai_api.routes import register as register_v1
     from app.web.routes import register as register_web

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 
 from flask import current_app, g, request, session
 
@@ -21,6 +22,16 @@ from app.store.users import User
 
 # Where a key may come from besides the Authorization header; the original server used these.
 KEY_PARAMS = ("user", "api_key", "client", "admin")
+
+
+def note_arrival() -> None:
+    """Remember when the request arrived (the app runs this before anything else looks up a key or session)."""
+    g.arrived = time.time()
+
+
+def arrived() -> float:
+    """When this request arrived, before its key or session was looked up."""
+    return g.get("arrived") or time.time()
 
 
 def request_key(params: dict) -> str | None:
@@ -50,17 +61,17 @@ def principal(params: dict, create: bool = False, actor: User | None = None) -> 
     actor = actor or caller(params)
     target_id = text(params, "user_id", max_len=64)
     if target_id is None:
-        return Principal(actor, actor)
+        return Principal(actor, actor, arrived())
     users = services().users
     if actor.role == "client":
         user = users.speak_for(
             actor, target_id, text(params, "username", max_len=64), flag(params, "user_id_plus"), create
         )
-        return Principal(actor, user)
+        return Principal(actor, user, arrived())
     if actor.role == "admin":
-        return Principal(actor, users.visible(actor, target_id))
+        return Principal(actor, users.visible(actor, target_id), arrived())
     if target_id == actor.user_id:
-        return Principal(actor, actor)
+        return Principal(actor, actor, arrived())
     raise Forbidden("only admins and clients may pass user_id", param="user_id")
 
 

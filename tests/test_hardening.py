@@ -367,11 +367,12 @@ def test_a_client_deleted_while_its_request_waits_creates_nobody(server, admin, 
 def test_a_turn_accepted_before_its_user_was_deleted_is_not_kept(server, admin):
     """Found in review: the turn's start is when the request came in, not after its key was looked up."""
     made = server.create_user(admin, "lee", user_id="lee")
-    principal = Principal(*(server.services.users.authenticate(made["api_key"]),) * 2)
     arrived = time.time()  # the request is here; its key checks out ...
+    lee = server.services.users.authenticate(made["api_key"])
+    principal = Principal(lee, lee, arrived)
     assert server.call("DELETE", "/api/users/lee", admin).status_code == 200  # ... and lee goes meanwhile
     with pytest.raises(Unauthorized):
-        server.services.chat.ask(principal, "hello", accepted=arrived)
+        server.services.chat.ask(principal, "hello")
     assert server.services.store.owned_ids("lee") == []
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import Flask, jsonify, request
 
 from app import auth
@@ -15,7 +13,6 @@ from app.sse import chat_stream
 
 
 def chat():
-    accepted = time.time()  # before the key is looked up: a deletion after this voids the turn
     params = request_params()
     actor = auth.caller(params)  # 401 before any 400: a caller without a key learns that first
     prompt = text(params, "prompt", required=True, max_len=services().chat.max_prompt_chars)
@@ -29,7 +26,6 @@ def chat():
         "plus": plus,
         "access_token": access_token,
         "user_plus": user_plus,
-        "accepted": accepted,
     }
     if flag(params, "stream"):  # everything is checked and the account chosen before the first byte
         return chat_stream(services().chat.ask_stream(principal, prompt, **options))

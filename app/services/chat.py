@@ -105,7 +105,6 @@ class Plan:
     last: Message | None
     token_hash: str | None
     history_trimmed: int = 0  # earlier turns left out of what was sent upstream
-    accepted: float = 0.0  # when the turn was accepted (its user existed then)
 
 
 class ChatService:
@@ -136,16 +135,9 @@ class ChatService:
         plus: str = "false",
         access_token: str | None = None,
         user_plus: bool = False,
-        accepted: float | None = None,
     ) -> Iterator[Delta | dict]:
-        """Check everything, then return a generator of Delta events ending with the answer JSON.
-
-        accepted: when the request arrived, before its key was looked up (default: now); a deletion
-        of the user after that voids the turn.
-        """
-        accepted = time.time() if accepted is None else accepted
+        """Check everything, then return a generator of Delta events ending with the answer JSON."""
         plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
-        plan.accepted = accepted
         return self._run(principal, plan)
 
     def complete_stream(
@@ -293,7 +285,7 @@ class ChatService:
         )
         upstream_conv = done.upstream_conversation_id
         if plan.conversation:
-            self.store.add_message(message, plan.conversation.owner_id, plan.accepted, upstream_conv)
+            self.store.add_message(message, plan.conversation.owner_id, principal.arrived, upstream_conv)
             return message, plan.conversation
         title = (plan.upstream.title(plan.turn, done) if complete else None) or ""
         title = short_title(title, MAX_TITLE) or fallback_title(plan.turn.prompt)
@@ -308,7 +300,7 @@ class ChatService:
             updated_at=finished,
             message_count=1,
         )
-        self.store.create(conv, message, plan.accepted)
+        self.store.create(conv, message, principal.arrived)
         return message, conv
 
     def _answer(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from app.store.users import User
 
@@ -11,6 +12,9 @@ from app.store.users import User
 class Principal:
     actor: User  # whose key came with the request
     user: User  # whose conversations the request is about
+    # When the request arrived, before its key or session was looked up: a deletion of the user after this
+    # voids what the request would store (ChatService refuses to store a turn of a user deleted since).
+    arrived: float = field(default_factory=time.time)
 
     @property
     def may_write(self) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 from flask import flash, redirect, render_template, request, url_for
 
@@ -33,7 +32,6 @@ def chat(conversation_id: str | None = None):
 
 
 def _ask():
-    accepted = time.time()  # before the session or key is checked (see ChatService.ask_stream)
     form = ChatForm()
     valid = form.validate()  # first: validating clears errors, and _form_user may add one
     user = _form_user(form)
@@ -44,7 +42,6 @@ def _ask():
             "plus": form.plus.data or "false",
             "access_token": (form.access_token.data or "").strip() or None,
             "user_plus": form.user_plus.data,
-            "accepted": accepted,
         }
         try:
             if _wants_stream(form):  # the page's script shows the reply as it comes

@@ -21,7 +21,7 @@ def require_user() -> User:
 
 def own(user: User) -> Principal:
     """A browser always acts as itself."""
-    return Principal(user, user)
+    return Principal(user, user, auth.arrived())
 
 
 def attach_error(form: FlaskForm, exc: AppError, default_field: str | None = None) -> None:
