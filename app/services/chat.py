@@ -249,20 +249,9 @@ class ChatService:
         """Hold a follow-up's conversation for this turn: a second turn meanwhile is a 409, never a fork."""
         if plan.conversation is None:
             return None  # a new conversation: nobody else knows its id yet
-        holder, cid = uuid.uuid4().hex, plan.conversation.conversation_id
-        if not self.store.claim_turn(cid, holder, self.claim_seconds):
-            raise Conflict(
-                "another turn of this conversation is still running; send this one when it has finished",
-                param="conversation_id",
-            )
-        last = self.store.last_message(cid)
-        if (last.message_id if last else None) != (plan.last.message_id if plan.last else None):
-            # A turn ended between our reading the history and our claim: ours was planned on old history.
-            self.store.release_turn(cid, holder)
-            raise Conflict(
-                "this conversation moved on while this turn was being prepared; send it again",
-                param="conversation_id",
-            )
+        holder = uuid.uuid4().hex
+        last_id = plan.last.message_id if plan.last else None
+        self.store.claim_turn(plan.conversation.conversation_id, holder, self.claim_seconds, last_id)
         return holder
 
     def _store(

@@ -285,13 +285,7 @@ class SqlConversationStore:
             if not touched:
                 _refuse_retired(db, owner_id, since)  # the user went, and the conversation with it
                 raise NotFound(f"conversation {cid!r} was deleted while this reply was written; it was not kept")
-            last = db.execute(
-                select(messages.c.message_id)
-                .where(messages.c.conversation_id == cid)
-                .order_by(messages.c.created_at.desc(), messages.c.message_id.desc())
-                .limit(1)
-            ).scalar()
-            if last != message.parent_id:
+            if _last_id(db, cid) != message.parent_id:
                 raise Conflict(f"conversation {cid!r} moved on while this reply was written; it was not kept")
             db.execute(insert(messages).values(**vars(message)))
             _refuse_retired(db, owner_id, since)
@@ -304,17 +298,6 @@ class SqlConversationStore:
         )
         with self.engine.connect() as db:
             return [Message(**row) for row in db.execute(query).mappings()]
-
-    def last_message(self, conversation_id: str) -> Message | None:
-        query = (
-            select(messages)
-            .where(messages.c.conversation_id == conversation_id)
-            .order_by(messages.c.created_at.desc(), messages.c.message_id.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as db:
-            row = db.execute(query).mappings().first()
-        return Message(**row) if row else None
 
     # -- pool cursors --------------------------------------------------------------------
 
@@ -339,8 +322,12 @@ class SqlConversationStore:
 
     # -- one turn at a time -----------------------------------------------------------------
 
-    def claim_turn(self, conversation_id: str, holder: str, seconds: float) -> bool:
-        """Take the conversation for one turn (for seconds, renewable); False while another turn holds it."""
+    def claim_turn(self, conversation_id: str, holder: str, seconds: float, last_id: str | None) -> None:
+        """Take the conversation for one turn (for seconds, renewable), planned on history ending at last_id.
+
+        Conflict while another turn holds it, or if a turn ended after this one read the history (it
+        would go upstream on old history); both checked in the one transaction that takes the claim.
+        """
         for _ in range(2):
             try:
                 with self._write() as db:
@@ -349,7 +336,12 @@ class SqlConversationStore:
                             conversation_id=conversation_id, holder=holder, expires_at=time.time() + seconds
                         )
                     )
-                return True
+                    if _last_id(db, conversation_id) != last_id:  # the claim rolls back with this
+                        raise Conflict(
+                            "this conversation moved on while this turn was being prepared; send it again",
+                            param="conversation_id",
+                        )
+                return
             except IntegrityError:
                 with self._write() as db:  # a holder that died leaves its claim to expire
                     stale = db.execute(
@@ -358,8 +350,11 @@ class SqlConversationStore:
                         )
                     ).rowcount
                 if not stale:
-                    return False
-        return False
+                    break
+        raise Conflict(
+            "another turn of this conversation is still running; send this one when it has finished",
+            param="conversation_id",
+        )
 
     def renew_turn(self, conversation_id: str, holder: str, seconds: float) -> None:
         with self._write() as db:
@@ -398,3 +393,13 @@ def _refuse_retired(db, owner_id: str, since: float) -> None:
     )
     if db.execute(retired).first():
         raise Unauthorized("this user was deleted while the reply was written; the reply was not kept")
+
+
+def _last_id(db, conversation_id: str) -> str | None:
+    """The id of the conversation's last message (None if it has none), inside a transaction."""
+    return db.execute(
+        select(messages.c.message_id)
+        .where(messages.c.conversation_id == conversation_id)
+        .order_by(messages.c.created_at.desc(), messages.c.message_id.desc())
+        .limit(1)
+    ).scalar()
