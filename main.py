@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "accesslog": "-",
             "access_log_format": ACCESS_LOG_FORMAT,
             # Each worker gets its own database connections (never share sockets across a fork).
-            "post_fork": lambda _server, _worker: app.extensions["services"].store.engine.dispose(close=False),
+            "post_fork": lambda _server, _worker: app.extensions["services"].store.close(after_fork=True),
             "control_socket_disable": True,  # no shared ~/.gunicorn socket: several instances may run
         },
     ).run()

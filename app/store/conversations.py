@@ -131,13 +131,16 @@ READ_BUSY_MS = 1000  # SQLite's own wait, for the rare read that finds the datab
 WRITE_WAIT = 30.0  # seconds a write waits for SQLite's write lock (cooperatively) before it is a 503
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_ms: int):
+    def apply(dbapi_conn, _record) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return apply
 
 
 def _locked(exc: OperationalError) -> bool:
@@ -148,8 +151,12 @@ def _locked(exc: OperationalError) -> bool:
 class SqlConversationStore:
     def __init__(self, url: str):
         self.engine = create_engine(url, future=True)
+        self._writer = self.engine  # other databases wait for their locks on their own, off the hub
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(READ_BUSY_MS))
+            # Writes have connections of their own that never wait inside SQLite (see _write).
+            self._writer = create_engine(url, future=True)
+            event.listen(self._writer, "connect", _sqlite_pragmas(0))
             path = self.engine.url.database
             if path and path != ":memory:" and not os.path.exists(path):
                 # Conversations are private: make the file owner-only before SQLite creates it
@@ -157,28 +164,27 @@ class SqlConversationStore:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         metadata.create_all(self.engine)
 
-    def close(self) -> None:
-        self.engine.dispose()
+    def close(self, after_fork: bool = False) -> None:
+        """Let go of every pooled connection (after_fork: a forked worker's copies, without closing them)."""
+        for engine in {self.engine, self._writer}:
+            engine.dispose(close=not after_fork)
 
     @contextlib.contextmanager
     def _write(self):
-        """A write transaction. On SQLite the write lock is taken first (BEGIN IMMEDIATE), and the wait
-        for it happens here, in short cooperative sleeps: SQLite's own wait is a C call that would hold
-        a whole gevent worker (every connection on it) for as long as the other worker writes."""
-        if self.engine.dialect.name != "sqlite":
+        """A write transaction. On SQLite the write lock is taken first (BEGIN IMMEDIATE) and waited for
+        here, in short cooperative sleeps: SQLite's own wait is a C call that would hold a whole gevent
+        worker (every connection on it) for as long as the other worker writes."""
+        if self._writer is self.engine:
             with self.engine.begin() as db:
                 yield db
             return
         deadline, pause = time.monotonic() + WRITE_WAIT, 0.001
         while True:
-            db = self.engine.connect()
+            db = self._writer.connect()
             try:
-                db.exec_driver_sql("PRAGMA busy_timeout=0")
                 db.exec_driver_sql("BEGIN IMMEDIATE")
                 break
             except OperationalError as exc:
-                with contextlib.suppress(OperationalError):
-                    db.exec_driver_sql(f"PRAGMA busy_timeout={READ_BUSY_MS}")
                 db.close()
                 if not _locked(exc):
                     raise
@@ -189,7 +195,6 @@ class SqlConversationStore:
             time.sleep(pause)  # gevent's sleep once main.py has patched time: the worker goes on meanwhile
             pause = min(pause * 2, 0.05)
         try:
-            db.exec_driver_sql(f"PRAGMA busy_timeout={READ_BUSY_MS}")
             yield db
         except BaseException:
             db.rollback()
