@@ -15,6 +15,7 @@ from app import auth, config, errors, limits
 from app.pool import Pool
 from app.services import ChatService, ConversationService, UserService
 from app.store import JsonUserStore, SqlConversationStore
+from app.store.pool_state import SqlPoolState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +62,8 @@ def create_app(
 
     users = JsonUserStore(config.resolve_path(settings, settings["users_file"]))
     store = SqlConversationStore(config.database_url(settings))
-    pool = Pool(settings["accounts"], settings, store.next_cursor)
+    # A lease outlives any live request on its account, as a turn's claim does (app/services/chat.py).
+    pool = Pool(settings["accounts"], settings, SqlPoolState(store, float(settings["timeouts"]["read"]) + 30.0))
     conversations = ConversationService(store)
     services = SimpleNamespace(
         users=UserService(users, store, settings["max_users_per_client"]),

@@ -80,27 +80,46 @@ DEFAULTS = {
         "plus_model": "gpt-4o",
         "proxy": None,
     },
+    # The pool's health rules (app/pool.py): how long an account rests after each kind of failure.
+    "health": {
+        "rate_limit_cooldown": 60.0,  # seconds after a 429 that gave no Retry-After
+        "rate_limit_max": 3600.0,  # the longest a Retry-After is believed
+        "backoff_start": 10.0,  # seconds after a first 5xx, refused connection, timeout or cut stream
+        "backoff_max": 600.0,  # doubling up to this
+    },
+    "queue_timeout": 10.0,  # seconds a request waits for an account with room (max_concurrent, rpm)
+    "alerts": {"webhook_url": None},  # a JSON POST when an account needs attention or a class has none left
     "routes": dict(ROUTE_DEFAULTS),
     "pages": dict(PAGE_DEFAULTS),
     "accounts": [],
 }
 
 ACCOUNT_TYPES = {
-    "openai": {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "secret": "api_key"},
-    "chatgpt-web": {"base_url": "https://chatgpt.com/backend-api", "model": "auto", "secret": "access_token"},
-    "demo": {"base_url": "", "model": "demo", "secret": None},
+    "openai": {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "secrets": ("api_key",)},
+    "chatgpt-web": {
+        "base_url": "https://chatgpt.com/backend-api",
+        "model": "auto",
+        "secrets": ("access_token", "session_token"),
+    },
+    "demo": {"base_url": "", "model": "demo", "secrets": ()},
 }
+SECRET_KEYS = ("api_key", "access_token", "session_token")  # write-only: never shown, never logged
+DEFAULT_AUTH_BASE = "https://chatgpt.com"
 
 ACCOUNT_KEYS = {
     "name": str,
     "type": str,
     "api_key": str,
     "access_token": str,
+    "session_token": str,
+    "auth_base": str,
     "base_url": str,
     "model": str,
     "plus": bool,
     "proxy": (str, type(None)),
     "enabled": bool,
+    "max_concurrent": (int, type(None)),
+    "rpm": (int, type(None)),
 }
 
 PROXY_SCHEMES = ("socks5", "socks5h", "http", "https")
@@ -120,11 +139,15 @@ class Account:
     enabled: bool = True
     api_key: str = ""
     access_token: str = ""
+    session_token: str = ""  # chatgpt-web: gets fresh access tokens from auth_base's session endpoint
+    auth_base: str = DEFAULT_AUTH_BASE
     proxy: str | None = None
+    max_concurrent: int | None = None  # requests in flight at once, across every worker and instance
+    rpm: int | None = None  # requests per minute, likewise
 
     @property
     def secret(self) -> str:
-        return self.api_key or self.access_token
+        return self.api_key or self.access_token or self.session_token
 
     def __repr__(self) -> str:  # never print secrets
         return f"Account(name={self.name!r}, type={self.type!r}, plus={self.plus}, enabled={self.enabled})"
@@ -209,11 +232,17 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
     if kind not in ACCOUNT_TYPES:
         raise ConfigError(f"{where}.type: must be one of {', '.join(ACCOUNT_TYPES)} (got {kind!r})")
     spec = ACCOUNT_TYPES[kind]
-    for secret_key in ("api_key", "access_token"):
-        if secret_key in raw and secret_key != spec["secret"]:
-            raise ConfigError(f"{where}.{secret_key}: not used by type {kind!r}")
-    if kind == "chatgpt-web" and not raw.get("access_token"):
-        raise ConfigError(f"{where}.access_token: required for type 'chatgpt-web'")
+    for field in (*SECRET_KEYS, "auth_base"):
+        if field in raw and field not in spec["secrets"] and not (field == "auth_base" and kind == "chatgpt-web"):
+            raise ConfigError(f"{where}.{field}: not used by type {kind!r}")
+    if kind == "chatgpt-web" and not (raw.get("access_token") or raw.get("session_token")):
+        raise ConfigError(f"{where}.access_token: required for type 'chatgpt-web' (or a session_token)")
+    for limit in ("max_concurrent", "rpm"):
+        if raw.get(limit) is not None and raw[limit] < 1:
+            raise ConfigError(f"{where}.{limit}: must be 1 or more (or null for no limit)")
+    auth_base = raw.get("auth_base", DEFAULT_AUTH_BASE)
+    if urlsplit(auth_base).scheme not in ("http", "https") or not urlsplit(auth_base).hostname:
+        raise ConfigError(f"{where}.auth_base: must be an http(s) URL such as {DEFAULT_AUTH_BASE}")
     enabled = raw.get("enabled", True)
     proxy = raw.get("proxy", default_proxy)
     if proxy and "proxy" in raw:  # a proxy URL holds a password too, so env:NAME works here as well
@@ -227,7 +256,11 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
         enabled=enabled,
         api_key=_resolve_secret(f"{where}.api_key", raw.get("api_key", ""), enabled),
         access_token=_resolve_secret(f"{where}.access_token", raw.get("access_token", ""), enabled),
+        session_token=_resolve_secret(f"{where}.session_token", raw.get("session_token", ""), enabled),
+        auth_base=auth_base.rstrip("/"),
         proxy=check_proxy(f"{where}.proxy", proxy),
+        max_concurrent=raw.get("max_concurrent"),
+        rpm=raw.get("rpm"),
     )
 
 
@@ -259,7 +292,7 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
         raise ConfigError("settings: the top level must be a JSON object")
     settings = copy.deepcopy(DEFAULTS)
     for key, value in _known_items("", DEFAULTS, raw):
-        if key in ("timeouts", "server", "byo_account"):
+        if key in ("timeouts", "server", "byo_account", "health", "alerts"):
             types = {"proxy": (str, type(None))} if key == "byo_account" else None
             settings[key] = _merge_section(key, DEFAULTS[key], value, types)
         elif key in ("routes", "pages"):
@@ -293,6 +326,17 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
     for name in ("connect", "read"):
         if settings["timeouts"][name] <= 0:
             raise ConfigError(f"timeouts.{name}: must be more than 0")
+    for name, value in settings["health"].items():
+        if value < 0:
+            raise ConfigError(f"health.{name}: must be 0 or more")
+    if settings["queue_timeout"] < 0:
+        raise ConfigError("queue_timeout: must be 0 or more")
+    hook = settings["alerts"]["webhook_url"]
+    if hook is not None:
+        hook = _resolve_secret("alerts.webhook_url", hook)  # a webhook URL is a secret of its own
+        if urlsplit(hook).scheme not in ("http", "https") or not urlsplit(hook).hostname:
+            raise ConfigError("alerts.webhook_url: must be an http(s) URL")
+        settings["alerts"]["webhook_url"] = hook
     default_proxy = settings["default_proxy"]
     default_proxy = check_proxy("default_proxy", default_proxy and _resolve_secret("default_proxy", default_proxy))
     byo = settings["byo_account"]

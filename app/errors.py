@@ -9,9 +9,15 @@ AppError                     any error a caller should see (status, code, messag
 ├── PayloadTooLarge      413 body over the configured limit
 ├── UpstreamError        502 the upstream answered with an error, or could not be reached
 │   └── StreamCut        502 the upstream's event stream ended before its end marker
-├── NoAccountAvailable   503 no eligible account for the asked class
+├── NoAccountAvailable   503 no eligible account for the asked class (Retry-After when one comes back;
+│                            /v1 answers 429 when every account is rate limited)
 ├── Busy                 503 a shared resource stayed locked too long; Retry-After says when to retry
 └── UpstreamTimeout      504 the upstream or its proxy did not answer in time
+
+An upstream failure (UpstreamError, UpstreamTimeout) also says whose fault it was (`fault`), which
+decides what it does to the account's health (app/pool.py): "rate_limited" (with the upstream's
+Retry-After), "credentials" (401/403), "transient" (5xx, connection, timeout, a cut stream), or
+"caller" (the request's own fault, or one of our limits: it does not count against the account).
 
 ConfigError                  settings.json is wrong; stops start-up (never reaches HTTP)
 """
@@ -19,6 +25,7 @@ ConfigError                  settings.json is wrong; stops start-up (never reach
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -64,7 +71,22 @@ class PayloadTooLarge(AppError):
     status, code = 413, "payload_too_large"
 
 
-class UpstreamError(AppError):
+FAULTS = ("rate_limited", "credentials", "transient", "caller")
+
+
+class _UpstreamFault:
+    """What an upstream failure says about its account: whose fault, and when to try it again."""
+
+    def __init__(
+        self, message: str, *, fault: str = "transient", retry_after: float | None = None, param: str | None = None
+    ):
+        super().__init__(message, param=param)
+        self.fault = fault
+        self.upstream_retry_after = retry_after  # seconds, from the upstream's own Retry-After
+        self.retry_after: float | None = None  # set when the pool knows when the caller may come back
+
+
+class UpstreamError(_UpstreamFault, AppError):
     status, code = 502, "upstream_error"
 
 
@@ -75,6 +97,13 @@ class StreamCut(UpstreamError):
 class NoAccountAvailable(AppError):
     status, code = 503, "no_account_available"
 
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False, param: str | None = None
+    ):
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited  # every account is cooling after a 429: /v1 says 429, as OpenAI does
+
 
 class Busy(AppError):
     status, code = 503, "busy"
@@ -84,7 +113,7 @@ class Busy(AppError):
         self.retry_after = retry_after
 
 
-class UpstreamTimeout(AppError):
+class UpstreamTimeout(_UpstreamFault, AppError):
     status, code = 504, "upstream_timeout"
 
 
@@ -96,7 +125,7 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
     return body
 
 
-OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error"}
+OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"}
 
 
 def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict:
@@ -132,10 +161,13 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(AppError)
     def _app_error(exc: AppError):
-        response = _respond(exc.status, exc.code, exc.message, exc.param)
+        status, code = exc.status, exc.code
+        if getattr(exc, "rate_limited", False) and request.path.startswith("/v1/"):
+            status, code = 429, "rate_limit_exceeded"
+        response = _respond(status, code, exc.message, exc.param)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, int(retry_after)))
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         return response
 
     @app.errorhandler(HTTPException)

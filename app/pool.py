@@ -1,37 +1,79 @@
 """The pool of upstream accounts: which one takes a new conversation, which one a follow-up.
 
-It chooses; it does not talk HTTP. Round-robin cursors live in the conversation database, so
-every worker process (and every server instance on a shared database) takes turns from the
-same counter and the spread stays even.
+It chooses; it does not talk HTTP. Cursors, health, leases and request counts live in the
+database (app/store/pool_state.py), so every worker process and every instance on the same
+database sees one pool: the spread stays even, an account one worker saw fail rests for all of
+them, and `max_concurrent` and `rpm` count every request wherever it runs.
+
+An account is `ok`, `cooling` (until a time), `needs_attention` (the upstream refused its
+credentials) or `disabled` (in settings). What an upstream failure does to it is decided here,
+from the failure's `fault` (app/errors.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
+from app.alerts import Alerts
 from app.config import Account
 from app.errors import Conflict, Forbidden, NoAccountAvailable, NotFound
-from app.upstream import Upstream, build
+from app.store.pool_state import Candidate, Choice, Health, SqlPoolState
+from app.upstream import UPSTREAMS, Upstream, build
 
 PLUS_MODES = ("false", "true", "any")
+STATES = ("ok", "cooling", "needs_attention", "disabled")
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def class_of(account: Account) -> str:
+    return "plus" if account.plus else "free"
+
+
+@dataclass
+class Lease:
+    """One request's hold on one account: released, or reported failed, when the request ends."""
+
+    upstream: Upstream
+    lease: str | None = None
+    healing: bool = False
+    tracked: bool = True  # False for a caller's own access token: not a pool account
+
+    @property
+    def name(self) -> str:
+        return self.upstream.account.name
+
+
 class Pool:
-    def __init__(self, accounts: list[Account], settings: dict, next_cursor: Callable[[str], int]):
+    def __init__(self, accounts: list[Account], settings: dict, state: SqlPoolState):
         self.timeouts = settings["timeouts"]
         self.max_line_bytes = settings["max_upstream_line_bytes"]
         self.byo = settings["byo_account"]
-        self.accounts = {a.name: a for a in accounts}
-        self.upstreams = {a.name: build(a, self.timeouts, self.max_line_bytes) for a in accounts}
-        self._next_cursor = next_cursor
+        self.state = state
+        self.accounts: dict[str, Account] = {}
+        self.upstreams: dict[str, Upstream] = {}
         self._byo_lock = threading.Lock()
         self._byo_clients: dict[str, Upstream] = {}
+        self.configure(accounts, settings)
+
+    def configure(self, accounts: list[Account], settings: dict) -> None:
+        """Take a new list of accounts (and health rules) at run time; unchanged accounts keep their sessions."""
+        self.health_rules = dict(settings["health"])
+        self.queue_timeout = float(settings["queue_timeout"])
+        self.alerts = Alerts(settings["alerts"]["webhook_url"], self.state)
+        upstreams = {}
+        for account in accounts:
+            old = self.upstreams.get(account.name)
+            same = old is not None and old.account == account
+            upstreams[account.name] = old if same else build(account, self.timeouts, self.max_line_bytes)
+        # Replaced sessions are left to close when their last request lets go of them.
+        self.accounts, self.upstreams = {a.name: a for a in accounts}, upstreams
 
     def close(self) -> None:
         for upstream in [*self.upstreams.values(), *self._byo_clients.values()]:
@@ -45,6 +87,8 @@ class Pool:
         enabled = self.enabled()
         return bool(enabled) and all(a.type == "demo" for a in enabled)
 
+    # -- which accounts ----------------------------------------------------------------------
+
     def eligible(self, plus: str, user_plus: bool) -> tuple[str, list[Account]]:
         """Return the class name and the enabled accounts a new conversation may use."""
         if plus not in PLUS_MODES:
@@ -57,8 +101,8 @@ class Pool:
         accounts = [a for a in self.enabled() if klass == "any" or a.plus == (klass == "plus")]
         return klass, accounts
 
-    def pick(self, plus: str, user_plus: bool) -> Upstream:
-        """Pick the next eligible account for a new conversation."""
+    def pick(self, plus: str, user_plus: bool, exclude: Iterable[str] = ()) -> Lease:
+        """Take the next eligible account for a new conversation (healthy, with room), waiting for room."""
         klass, accounts = self.eligible(plus, user_plus)
         if not accounts:
             raise NoAccountAvailable(
@@ -66,10 +110,10 @@ class Pool:
                 f"{'ask for plus=any or ' if klass == 'plus' else ''}"
                 "add one to settings.json"
             )
-        return self._next(klass, accounts)
+        return self._take(klass, [a for a in accounts if a.name not in exclude], klass)
 
-    def pick_model(self, model: str | None, user_plus: bool) -> Upstream:
-        """Pick the next account serving model among all the caller may use (any account when model is empty)."""
+    def pick_model(self, model: str | None, user_plus: bool, exclude: Iterable[str] = ()) -> Lease:
+        """Take the next account serving model among all the caller may use (any account when model is empty)."""
         _klass, accounts = self.eligible("any", user_plus)
         if model:
             accounts = [a for a in accounts if a.model == model]
@@ -77,31 +121,154 @@ class Pool:
             if model:
                 raise NotFound(f"the model {model!r} does not exist or you do not have access to it", param="model")
             raise NoAccountAvailable("no enabled account is configured; add one to settings.json")
-        return self._next(f"model:{model or '*'}:{int(user_plus)}", accounts)
+        cursor = f"model:{model or '*'}:{int(user_plus)}"
+        return self._take(cursor, [a for a in accounts if a.name not in exclude], f"model {model}" if model else "")
 
-    def _next(self, cursor: str, accounts: list[Account]) -> Upstream:
-        """Take the next of accounts in turn, by the shared round-robin counter named cursor."""
-        return self.upstreams[accounts[self._next_cursor(cursor) % len(accounts)].name]
+    def replacement(self, klass: str, user_plus: bool, exclude: Iterable[str]) -> Lease:
+        """Take another account of klass for a conversation whose history is kept here (stateless types)."""
+        if klass == "plus" and not user_plus:
+            raise Forbidden("this conversation runs on a plus account, and this key is not plus", param="plus")
+        _klass, accounts = self.eligible("any", user_plus)
+        accounts = [
+            a
+            for a in accounts
+            if UPSTREAMS[a.type].sends_history and a.name not in exclude and (klass == "any" or class_of(a) == klass)
+        ]
+        if not accounts:
+            raise NoAccountAvailable(
+                f"this conversation's account is unavailable and no other {klass} account can carry it on; "
+                "try again later or start a new conversation"
+            )
+        return self._take(klass, accounts, klass)
+
+    def pinned(self, account_name: str) -> tuple[Account | None, str, Health | None]:
+        """Return a conversation's account (None if removed), its state, and its health."""
+        account = self.accounts.get(account_name)
+        if account is None:
+            return None, "removed", None
+        if not account.enabled:
+            return account, "disabled", None
+        health = self.state.health([account_name])[account_name]
+        return account, health.current_state(time.time()), health
+
+    def take_pinned(self, account: Account) -> Lease:
+        """Take a lease on a follow-up's own account (waiting for room as a new conversation would)."""
+        return self._take(None, [account], "")
+
+    def gone(self, account_name: str, state: str) -> Conflict:
+        why = "is no longer configured" if state == "removed" else "is disabled"
+        return Conflict(
+            f"this conversation is pinned to account {account_name!r}, which {why}; start a new conversation"
+        )
+
+    def _take(self, cursor: str | None, accounts: list[Account], what: str) -> Lease:
+        """Choose among accounts (round robin by cursor); wait up to queue_timeout while all healthy ones are full."""
+        candidates = [Candidate(a.name, a.max_concurrent, a.rpm) for a in accounts]
+        deadline, pause = time.monotonic() + self.queue_timeout, 0.02
+        while True:
+            choice = self.state.choose(cursor, candidates) if candidates else Choice(None)
+            if choice.name is not None:
+                return Lease(self.upstreams[choice.name], choice.lease, choice.healing)
+            wait = None if choice.soonest is None else max(1.0, choice.soonest - time.time())
+            label = f"{what} " if what and what != "any" else ""
+            if choice.usable == 0:
+                later = f"; the first comes back in {wait:.0f} s" if wait else ""
+                raise NoAccountAvailable(
+                    f"every eligible {label}account is unavailable right now (cooling down or needing attention)"
+                    f"{later}; try again then",
+                    retry_after=wait or 30,
+                    rate_limited=choice.rate_limited,
+                )
+            if time.monotonic() + pause > deadline:
+                raise NoAccountAvailable(
+                    f"every eligible {label}account is at its limit (max_concurrent or rpm) and none had room "
+                    f"within {self.queue_timeout:g} s; try again shortly",
+                    retry_after=wait or 1,
+                )
+            time.sleep(pause)  # gevent's sleep under gunicorn: the worker goes on meanwhile
+            pause = min(pause * 2, 0.25)
+
+    # -- after a request ---------------------------------------------------------------------
+
+    def renew(self, lease: Lease) -> None:
+        if lease.tracked and lease.lease:
+            self.state.renew(lease.lease)
+
+    def succeeded(self, lease: Lease) -> None:
+        if lease.tracked:
+            self.state.release(lease.name, lease.lease, healed=lease.healing)
+
+    def released(self, lease: Lease) -> None:
+        """The request ended with no verdict on the account (its caller left, or it was the caller's fault)."""
+        if lease.tracked:
+            self.state.release(lease.name, lease.lease)
+
+    def failed(self, lease: Lease, exc) -> None:
+        """Count an upstream failure against its account, as its fault says."""
+        fault = getattr(exc, "fault", "transient")
+        if not lease.tracked or fault == "caller":
+            self.released(lease)
+            return
+        rules = self.health_rules
+
+        def cooling(before: Health) -> tuple[float | None, float]:
+            if fault == "rate_limited":
+                asked = getattr(exc, "upstream_retry_after", None)
+                return min(rules["rate_limit_max"], rules["rate_limit_cooldown"] if asked is None else asked), 0.0
+            if not rules["backoff_start"]:
+                return None, 0.0
+            backoff = min(rules["backoff_max"], max(rules["backoff_start"], before.backoff * 2))
+            return backoff, backoff
+
+        _before, after = self.state.fail(lease.name, lease.lease, exc.message, cooling, fault == "credentials")
+        self._alert(lease.upstream.account, after)
+
+    def _alert(self, account: Account, after: Health) -> None:
+        """Tell the webhook, once per event, that an account needs attention or that its class has none left."""
+        if self.alerts.url is None:
+            return
+        if after.state == "needs_attention":
+            self.alerts.send(
+                f"needs_attention:{account.name}",
+                None,
+                f"chatgpt-api-server: account {account.name!r} needs attention: {after.last_error}",
+            )
+        klass = class_of(account)
+        peers = [a.name for a in self.enabled() if class_of(a) == klass]
+        healths = self.state.health(peers).values()
+        now = time.time()
+        if peers and not any(h.usable(now) for h in healths):
+            comes_back = [h.cooling_until for h in healths if h.state != "needs_attention" and h.cooling_until]
+            until = min(comes_back) if comes_back else None
+            self.alerts.send(
+                f"class_down:{klass}",
+                until,
+                f"chatgpt-api-server: no {klass} account can take a request now ({len(peers)} configured)",
+            )
+
+    # -- what is known -----------------------------------------------------------------------
+
+    def report(self) -> list[tuple[Account, Health, str]]:
+        """Every configured account with its health and its state, in settings order."""
+        healths = self.state.health(list(self.accounts))
+        now = time.time()
+        return [
+            (a, healths[a.name], healths[a.name].current_state(now) if a.enabled else "disabled")
+            for a in self.accounts.values()
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """How many accounts are in each state."""
+        counts = dict.fromkeys(STATES, 0)
+        for _account, _health, state in self.report():
+            counts[state] += 1
+        return counts
 
     def models(self, user_plus: bool) -> list[str]:
         """Return the models of the accounts the caller may use, each once, in settings order."""
         return list(dict.fromkeys(a.model for a in self.eligible("any", user_plus)[1]))
 
-    def pinned(self, account_name: str) -> Upstream:
-        """Return the account a conversation is pinned to, or Conflict if it is gone or disabled."""
-        account = self.accounts.get(account_name)
-        if account is None:
-            raise Conflict(
-                f"this conversation is pinned to account {account_name!r}, which is no longer "
-                "configured; start a new conversation"
-            )
-        if not account.enabled:
-            raise Conflict(
-                f"this conversation is pinned to account {account_name!r}, which is disabled; start a new conversation"
-            )
-        return self.upstreams[account_name]
-
-    def own_token(self, access_token: str, user_plus: bool) -> Upstream:
+    def own_token(self, access_token: str, user_plus: bool) -> Lease:
         """Build (or reuse) a chatgpt-web account for a caller's own access token."""
         digest = token_hash(access_token)
         key = f"{digest}:{int(user_plus)}"
@@ -121,4 +288,4 @@ class Pool:
                 if len(self._byo_clients) >= 256:  # bound memory: drop the oldest session
                     self._byo_clients.pop(next(iter(self._byo_clients))).close()
                 self._byo_clients[key] = upstream
-        return upstream
+        return Lease(upstream, tracked=False)

@@ -14,6 +14,7 @@ import time
 import pytest
 from fakes.raw_sse import RawSSE
 from upstream_fixtures import (
+    NO_COOLDOWN,
     chat_requests,
     conversation_total,
     openai_account,
@@ -161,7 +162,8 @@ def test_a_second_turn_while_one_runs_is_a_409_and_nothing_forks(make_server, ad
 
 
 def test_a_failed_turn_lets_the_next_one_run(make_server, admin, openai_fake):
-    server, key = start_with_user(make_server, admin, [openai_account(openai_fake)])
+    # No cooldown after a failure (health.backoff_start 0), so the third turn reaches the upstream at once.
+    server, key = start_with_user(make_server, admin, [openai_account(openai_fake)], health=NO_COOLDOWN)
     cid = server.chat(key, "first")["conversation_id"]
     openai_fake.fail_status, openai_fake.fail_times = 500, 1
     assert timed_chat(server, key, "second", conversation_id=cid)[0].status_code == 502

@@ -15,6 +15,7 @@ from upstream_fixtures import (
     openai_account,
     start_with_user,
     timed_chat,
+    web_account,
 )
 
 OWN_TOKEN = "eyJ-own-access-token-PLAINTEXT-7f3a9c"
@@ -140,9 +141,9 @@ def test_no_enabled_account_is_503(make_server, admin, openai_fake, state):
 # -- the pinned account goes away --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, says", [("disabled", "disabled"), ("removed", "no longer configured")])
-def test_follow_up_on_gone_account_is_409(make_server, admin, openai_fake, change, says):
-    """After a restart without the pinned account, a follow-up gets 409 and is never moved elsewhere."""
+@pytest.mark.parametrize("change", ["disabled", "removed"])
+def test_follow_up_on_gone_openai_account_moves_with_its_history(make_server, admin, openai_fake, change):
+    """After a restart without the pinned openai account, a follow-up goes on elsewhere with the whole history."""
     first = openai_account(openai_fake, name="first", api_key="sk-first")
     server, key = start_with_user(make_server, admin, [first])
     conversation_id = server.chat(key, "hello")["conversation_id"]
@@ -151,11 +152,31 @@ def test_follow_up_on_gone_account_is_409(make_server, admin, openai_fake, chang
     accounts = [{**first, "enabled": False}, other] if change == "disabled" else [other]
     restarted = make_server(accounts, timeouts=FAST)  # same tmp_path: same users.json and database
     response, _ = timed_chat(restarted, key, "again", conversation_id=conversation_id)
+    assert response.status_code == 200, response.text
+    assert response.json()["account"] == "other" and response.json()["account_changed"] is True
+    assert keys_seen(openai_fake) == {"sk-first": 1, "sk-other": 1}
+    sent = chat_requests(openai_fake)[-1]["body"]["messages"]
+    assert [m["content"] for m in sent] == ["hello", "echo: hello", "again"]
+    then = restarted.chat(key, "and on", conversation_id=conversation_id)  # re-pinned: stays on "other"
+    assert then["account"] == "other" and then["account_changed"] is False
+
+
+@pytest.mark.parametrize("change, says", [("disabled", "disabled"), ("removed", "no longer configured")])
+def test_follow_up_on_gone_chatgpt_web_account_is_409(make_server, admin, web_fake, change, says):
+    """A conversation that lives upstream cannot move: without its account a follow-up gets 409."""
+    first = web_account(web_fake, name="first")
+    server, key = start_with_user(make_server, admin, [first])
+    conversation_id = server.chat(key, "hello")["conversation_id"]
+    server.stop()
+    other = web_account(web_fake, name="other", access_token="web-token-other-000")
+    accounts = [{**first, "enabled": False}, other] if change == "disabled" else [other]
+    restarted = make_server(accounts, timeouts=FAST)
+    response, _ = timed_chat(restarted, key, "again", conversation_id=conversation_id)
     assert response.status_code == 409, response.text
     body = response.json()
     assert body["code"] == "conflict"
     assert "'first'" in body["message"] and says in body["message"]
-    assert keys_seen(openai_fake) == {"sk-first": 1}
+    assert len(chat_requests(web_fake)) == 1
 
 
 # -- bring your own access token ---------------------------------------------------------------

@@ -16,7 +16,14 @@ import requests
 from fakes import FakeChatGPTWeb, FakeOpenAI
 from fakes.raw_sse import RawSSE
 from openai import OpenAI
-from upstream_fixtures import chat_requests, conversation_total, openai_account, start_with_user, web_account
+from upstream_fixtures import (
+    NO_COOLDOWN,
+    chat_requests,
+    conversation_total,
+    openai_account,
+    start_with_user,
+    web_account,
+)
 
 REPLY = "Streaming works one piece at a time, ok."  # 40 characters: ten pieces of four
 LONG_REPLY = "A long story, told slowly, piece by piece, so that a caller may leave in the middle."
@@ -548,7 +555,8 @@ def test_v1_model_omitted_uses_an_account_and_its_model(make_server, admin, open
 def test_v1_mid_stream_failure(make_server, admin, openai_fake, sdk):
     """An upstream failing mid-reply: 502 in OpenAI's shape when not streaming, an APIError while streaming."""
     openai_fake.error_in_stream = "the model overloaded"
-    server, key = start_with_user(make_server, admin, [openai_account(openai_fake)])
+    # No cooldown after each failure (health.backoff_start 0): all three requests reach the upstream.
+    server, key = start_with_user(make_server, admin, [openai_account(openai_fake)], health=NO_COOLDOWN)
     client = sdk(server, key)
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.InternalServerError) as plain:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 from fakes import FakeChatGPTWeb, FakeOpenAI
 from upstream_fixtures import (
+    NO_COOLDOWN,
     chat_requests,
     closed_port,
     conversation_total,
@@ -79,7 +80,8 @@ def test_openai_follow_up_sends_whole_history(make_server, admin, openai_fake):
 
 def test_failed_follow_up_is_not_stored_or_resent(make_server, admin, openai_fake):
     """A follow-up the upstream refuses is not stored, so the next turn's history leaves it out."""
-    server, key = start_with_user(make_server, admin, [openai_account(openai_fake)])
+    # No cooldown after a failure (health.backoff_start 0), so the third turn reaches the upstream at once.
+    server, key = start_with_user(make_server, admin, [openai_account(openai_fake)], health=NO_COOLDOWN)
     conversation_id = server.chat(key, "one")["conversation_id"]
     openai_fake.fail_status, openai_fake.fail_times = 500, 1
     response, _ = timed_chat(server, key, "lost", conversation_id=conversation_id)

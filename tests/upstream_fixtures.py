@@ -8,6 +8,7 @@ import time
 import requests
 
 FAST = {"connect": 1, "read": 2}
+NO_COOLDOWN = {"backoff_start": 0}  # health: a 5xx, a timeout or a cut stream leaves the account usable
 WEB_TOKEN = "web-token-0123456789"
 
 

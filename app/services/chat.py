@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from app.errors import AppError, BadRequest, Conflict, Forbidden
-from app.pool import PLUS_MODES, Pool, token_hash
+from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvailable, UpstreamError, UpstreamTimeout
+from app.pool import PLUS_MODES, Lease, Pool, class_of, token_hash
 from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
 from app.store.conversations import Conversation, Message, SqlConversationStore
@@ -99,12 +99,19 @@ def fold_messages(messages: list[dict]) -> str:
 class Plan:
     """Where a turn goes and what it carries, decided before any byte leaves."""
 
-    upstream: Upstream
+    lease: Lease
     turn: Turn
     conversation: Conversation | None
     last: Message | None
     token_hash: str | None
     history_trimmed: int = 0  # earlier turns left out of what was sent upstream
+    # Another account for this turn if its own fails before the first byte (None: it has nowhere else to go).
+    replace: Callable[[list[str]], Lease] | None = None
+    account_changed: bool = False  # a follow-up moved off the account its conversation was pinned to
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.lease.upstream
 
 
 class ChatService:
@@ -118,6 +125,8 @@ class ChatService:
         # A running turn renews its claim while text flows; one that died lets go after this long. The upstream
         # stays silent for at most the read timeout before the turn ends, so the claim outlives any live turn.
         self.claim_seconds = float(settings["timeouts"]["read"]) + 30.0
+        # A turn may move to another account only while it is young: one connect and one read timeout.
+        self.failover_seconds = float(settings["timeouts"]["connect"]) + float(settings["timeouts"]["read"])
 
     def ask(self, principal: Principal, prompt: str | None, **options) -> dict:
         """Ask and wait for the whole reply; return the answer JSON."""
@@ -150,9 +159,11 @@ class ChatService:
         if not principal.may_write:
             raise Forbidden("admins may read other users' conversations but not chat as them")
         clean = check_messages(messages, self.max_prompt_chars)
-        upstream = self.pool.pick_model(model, principal.user.plus)
-        turn = Turn(prompt=fold_messages(clean), model=upstream.account.model, messages=tuple(clean))
-        return upstream, self._reply(upstream, turn)
+        user_plus = principal.user.plus
+        lease = self.pool.pick_model(model, user_plus)
+        turn = Turn(prompt=fold_messages(clean), model=lease.upstream.account.model, messages=tuple(clean))
+        plan = Plan(lease, turn, None, None, None, replace=lambda tried: self.pool.pick_model(model, user_plus, tried))
+        return lease.upstream, self._attempts(plan)
 
     def _reply(self, upstream: Upstream, turn: Turn) -> Iterator[Delta | Done]:
         """The upstream's reply as valid text, stopped with a 502 past max_reply_chars."""
@@ -178,47 +189,92 @@ class ChatService:
             raise BadRequest("user_plus goes with access_token", param="user_plus")
         digest = token_hash(access_token) if access_token else None
         if not conversation_id:
-            upstream = (
-                self.pool.own_token(access_token, user_plus)
-                if access_token
-                else self.pool.pick(plus, principal.user.plus)
-            )
-            return Plan(upstream, Turn(prompt=prompt, model=upstream.account.model), None, None, digest)
+            if access_token:
+                lease = self.pool.own_token(access_token, user_plus)
+                return Plan(lease, Turn(prompt=prompt, model=lease.upstream.account.model), None, None, digest)
+            user = principal.user.plus
+            lease = self.pool.pick(plus, user)
+            turn = Turn(prompt=prompt, model=lease.upstream.account.model)
+            return Plan(lease, turn, None, None, None, replace=lambda tried: self.pool.pick(plus, user, tried))
         conv = self.conversations.writable(principal, conversation_id)
         if conv.token_hash:
             if not access_token:
                 raise Conflict("this conversation runs on your own access token; send the same access_token")
             if digest != conv.token_hash:
                 raise Forbidden("this access_token is not the one this conversation started with", param="access_token")
-            upstream = self.pool.own_token(access_token, user_plus)
+            lease, replace_ = self.pool.own_token(access_token, user_plus), None
         else:
-            upstream = self.pool.pinned(conv.account_name)
-            if upstream.account.plus and not principal.user.plus:  # plus taken away since the conversation began
-                raise Forbidden("this conversation runs on a plus account, and this key is not plus", param="plus")
+            lease, replace_ = self._follow_up_lease(principal, conv)
+        try:
+            return self._follow_up(conv, prompt, lease, replace_)
+        except BaseException:
+            self.pool.released(lease)
+            raise
+
+    def _follow_up_lease(self, principal: Principal, conv: Conversation):
+        """The account a follow-up goes to, and where it may go instead.
+
+        A conversation whose history is kept here (no upstream conversation id) may move to another
+        account of the same class when its own is unusable or fails before the first byte; one that
+        lives upstream (chatgpt-web) can only wait for its account.
+        """
+        account, state, health = self.pool.pinned(conv.account_name)
+        if account is not None and account.plus and not principal.user.plus:  # plus taken away since it began
+            raise Forbidden("this conversation runs on a plus account, and this key is not plus", param="plus")
+        user_plus = principal.user.plus
+        klass = class_of(account) if account else ("any" if user_plus else "free")
+        stateless = conv.upstream_conversation_id is None
+        replace_ = (lambda tried: self.pool.replacement(klass, user_plus, tried)) if stateless else None
+        if state == "ok":
+            return self.pool.take_pinned(account), replace_
+        if replace_ is not None:
+            return replace_([conv.account_name]), replace_
+        if state == "cooling":
+            wait = max(1.0, health.cooling_until - time.time())
+            raise NoAccountAvailable(
+                f"this conversation lives on account {conv.account_name!r}, which is cooling down after an error; "
+                f"try again in {wait:.0f} s",
+                retry_after=wait,
+                rate_limited=health.backoff == 0,
+            )
+        if state == "needs_attention":
+            raise NoAccountAvailable(
+                f"this conversation lives on account {conv.account_name!r}, whose credentials the upstream refused; "
+                "an admin needs to renew them (or start a new conversation)"
+            )
+        raise self.pool.gone(conv.account_name, state)
+
+    def _follow_up(self, conv: Conversation, prompt: str, lease: Lease, replace_) -> Plan:
         history = self.store.messages(conv.conversation_id)
         last = history[-1] if history else None
         parent = next((m.upstream_message_id for m in reversed(history) if m.upstream_message_id), None)
-        pairs = [(m.prompt, m.reply) for m in history] if upstream.sends_history else []
+        pairs = [(m.prompt, m.reply) for m in history] if lease.upstream.sends_history else []
         sent = trim_history(pairs, self.max_history_chars)
         turn = Turn(
             prompt=prompt,
-            model=upstream.account.model,
+            model=lease.upstream.account.model,
             history=sent,
             upstream_conversation_id=conv.upstream_conversation_id,
             upstream_parent_id=parent,
         )
-        return Plan(upstream, turn, conv, last, conv.token_hash, len(pairs) - len(sent))
+        plan = Plan(lease, turn, conv, last, conv.token_hash, len(pairs) - len(sent), replace_)
+        plan.account_changed = not conv.token_hash and lease.name != conv.account_name
+        return plan
 
     # -- doing ---------------------------------------------------------------------------
 
     def _run(self, principal: Principal, plan: Plan) -> Iterator[Delta | dict]:
         started, started_clock = time.time(), time.monotonic()
-        claim = self._claim(plan)
+        try:
+            claim = self._claim(plan)
+        except BaseException:
+            self.pool.released(plan.lease)
+            raise
         pieces: list[str] = []
         done: Done | None = None
         last: Delta | None = None
         renewed = time.monotonic()
-        events = self._reply(plan.upstream, plan.turn)
+        events = self._attempts(plan)
         try:
             for event in events:
                 if isinstance(event, Done):
@@ -244,6 +300,53 @@ class ChatService:
             if claim:
                 self.store.release_turn(plan.conversation.conversation_id, claim)
         yield self._answer(principal, plan, message, conv, done, started, started_clock)
+
+    def _attempts(self, plan: Plan) -> Iterator[Delta | Done]:
+        """The reply from the plan's account, or, if it fails before its first byte, from the next one.
+
+        Each attempt holds its account's lease and says how it went (app/pool.py): a success, a
+        failure counted against the account, or neither (the caller left, or it was the caller's
+        fault). At most every eligible account is tried once, within the turn's time budget.
+        """
+        deadline, tried = time.monotonic() + self.failover_seconds, []
+        while True:
+            lease = plan.lease
+            tried.append(lease.name)
+            events, said, renewed = self._reply(lease.upstream, plan.turn), False, time.monotonic()
+            try:
+                for event in events:
+                    if isinstance(event, Delta):
+                        said = True
+                        if time.monotonic() - renewed > RENEW_EVERY:
+                            self.pool.renew(lease)
+                            renewed = time.monotonic()
+                    yield event
+            except (UpstreamError, UpstreamTimeout) as exc:
+                self.pool.failed(lease, exc)
+                if said or plan.replace is None or exc.fault == "caller" or time.monotonic() > deadline:
+                    raise
+                plan.lease = self._instead(plan, tried, exc)
+                continue
+            except BaseException:  # the caller left, or something that says nothing of the account
+                self.pool.released(lease)
+                raise
+            finally:
+                events.close()
+            self.pool.succeeded(lease)
+            return
+
+    def _instead(self, plan: Plan, tried: list[str], failure: AppError) -> Lease:
+        """The next account for a turn whose account failed before its first byte; the failure if none is left."""
+        try:
+            lease = plan.replace(tried)
+        except NoAccountAvailable as nothing:
+            failure.retry_after = nothing.retry_after  # the caller learns what failed, and when to come back
+            raise failure from None
+        log.info("account %r failed before its first byte; the turn goes to %r", tried[-1], lease.name)
+        plan.turn = replace(plan.turn, model=lease.upstream.account.model)
+        if plan.conversation is not None:
+            plan.account_changed = lease.name != plan.conversation.account_name
+        return lease
 
     def _claim(self, plan: Plan) -> str | None:
         """Hold a follow-up's conversation for this turn: a second turn meanwhile is a 409, never a fork."""
@@ -274,7 +377,10 @@ class ChatService:
         )
         upstream_conv = done.upstream_conversation_id
         if plan.conversation:
-            self.store.add_message(message, plan.conversation.owner_id, principal.arrived, upstream_conv)
+            moved_to = account.name if plan.account_changed else None
+            self.store.add_message(message, plan.conversation.owner_id, principal.arrived, upstream_conv, moved_to)
+            if moved_to:
+                plan.conversation.account_name = moved_to
             return message, plan.conversation
         title = (plan.upstream.title(plan.turn, done) if complete else None) or ""
         title = short_title(title, MAX_TITLE) or fallback_title(plan.turn.prompt)
@@ -312,6 +418,7 @@ class ChatService:
             "conversation_title": conv.title,
             "model": message.model,
             "account": plan.upstream.account.name if not plan.token_hash else "own access token",
+            "account_changed": plan.account_changed,
             "finish_reason": done.finish_reason,
             "usage": done.usage,
             "history_trimmed": plan.history_trimmed,

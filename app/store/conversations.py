@@ -169,6 +169,10 @@ class SqlConversationStore:
         for engine in {self.engine, self._writer}:
             engine.dispose(close=not after_fork)
 
+    def write(self):
+        """A write transaction on this database, for shared state kept beside the conversations."""
+        return self._write()
+
     @contextlib.contextmanager
     def _write(self):
         """A write transaction. On SQLite the write lock is taken first (BEGIN IMMEDIATE) and waited for
@@ -268,18 +272,25 @@ class SqlConversationStore:
     # -- messages ------------------------------------------------------------------------
 
     def add_message(
-        self, message: Message, owner_id: str, since: float, upstream_conversation_id: str | None = None
+        self,
+        message: Message,
+        owner_id: str,
+        since: float,
+        upstream_conversation_id: str | None = None,
+        account_name: str | None = None,
     ) -> None:
         """Append a message to the end of its conversation and touch the conversation.
 
         In one transaction, the conversation must still be owner_id's, the owner must not have been
         deleted after `since` (when the turn began), and the message's parent must still be the last
         message: a turn that lost a race, or whose conversation or user was deleted while it ran, is
-        refused rather than stored.
+        refused rather than stored. account_name re-pins the conversation.
         """
         changes = {"updated_at": message.completed_at or message.created_at}
         if upstream_conversation_id:
             changes["upstream_conversation_id"] = upstream_conversation_id
+        if account_name:  # the conversation moved to another account (its own was unusable)
+            changes["account_name"] = account_name
         cid = message.conversation_id
         with self._write() as db:  # writes first, checks after: a refusal rolls both back
             touched = db.execute(
@@ -303,27 +314,6 @@ class SqlConversationStore:
         )
         with self.engine.connect() as db:
             return [Message(**row) for row in db.execute(query).mappings()]
-
-    # -- pool cursors --------------------------------------------------------------------
-
-    def next_cursor(self, name: str) -> int:
-        """Advance a round-robin counter shared by every process on this database; return its old value."""
-        for _ in range(2):
-            with self._write() as db:
-                value = db.execute(
-                    update(pool_cursors)
-                    .where(pool_cursors.c.name == name)
-                    .values(value=pool_cursors.c.value + 1)
-                    .returning(pool_cursors.c.value)
-                ).scalar()
-            if value is not None:
-                return value - 1
-            try:
-                with self._write() as db:
-                    db.execute(insert(pool_cursors).values(name=name, value=0))
-            except IntegrityError:
-                pass  # another process created it first; the update will find it now
-        raise RuntimeError(f"pool cursor {name!r} could not be advanced")
 
     # -- one turn at a time -----------------------------------------------------------------
 

@@ -108,7 +108,8 @@ def checked(events: Iterator, max_chars: int, account_name: str) -> Iterator:
                 total += len(text)
                 if total > max_chars:
                     raise UpstreamError(
-                        f"account {account_name!r}: the reply grew longer than {max_chars} characters and was stopped"
+                        f"account {account_name!r}: the reply grew longer than {max_chars} characters and was stopped",
+                        fault="caller",  # our limit, not the account's failing
                     )
                 if text:
                     yield event if text is event.text else replace(event, text=text)

@@ -8,9 +8,13 @@ that holds that conversation.
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 from app.errors import UpstreamError
 from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_id, as_str, ends_in_high_surrogate
@@ -18,15 +22,76 @@ from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_id, as_st
 TITLE_BYTES = 65536  # a title answer larger than this is not one
 
 
+SESSION_COOKIE = "__Secure-next-auth.session-token"
+REFRESH_AHEAD = 300.0  # seconds before its JWT `exp` an access token is renewed (with a session token)
+
+
+def jwt_expiry(token: str) -> float | None:
+    """Read the `exp` claim of a JWT without checking its signature (the upstream checks it); None if absent."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
 class ChatGPTWebUpstream(Upstream):
     sends_history = False  # the conversation lives upstream; a follow-up names it
 
+    def __init__(self, account, timeouts: dict, max_line_bytes: int = 1_048_576):
+        super().__init__(account, timeouts, max_line_bytes)
+        self._token = account.access_token
+        self._expires = jwt_expiry(self._token) if self._token else None
+        self._refreshing = threading.Lock()
+
     def _headers(self) -> dict:
         return {
-            "Authorization": f"Bearer {self.account.access_token}",
+            "Authorization": f"Bearer {self._access_token()}",
             "Accept": "text/event-stream",
             "Content-Type": "application/json",
         }
+
+    def _access_token(self) -> str:
+        """The access token to send, renewed from the session token first when it is missing or about to expire."""
+        if self.account.session_token and (
+            not self._token or (self._expires is not None and self._expires - time.time() < REFRESH_AHEAD)
+        ):
+            self._refresh(self._token)
+        return self._token
+
+    def _refresh(self, stale: str) -> None:
+        """Get a fresh access token from the session endpoint, as ChatGPT's web client does (once for many callers)."""
+        with self._refreshing:
+            if self._token != stale:
+                return  # another request renewed it meanwhile
+            data = self.http.get_json(
+                f"{self.account.auth_base}/api/auth/session",
+                {"Cookie": f"{SESSION_COOKIE}={self.account.session_token}", "Accept": "application/json"},
+            )
+            token = data.get("accessToken")
+            if not isinstance(token, str) or not token:
+                raise UpstreamError(
+                    f"account {self.account.name!r}: the session endpoint gave no access token; "
+                    "the account's session_token needs to be renewed",
+                    fault="credentials",
+                )
+            self.http.add_secret(token)
+            self._token, self._expires = token, jwt_expiry(token) or _iso_time(data.get("expires"))
+
+    def _post(self, url: str, payload: dict):
+        """POST with the current access token; on a refusal, renew it from the session token and try once more."""
+        token = self._access_token()
+        try:
+            return self.http.post(url, payload, self._headers())
+        except UpstreamError as exc:
+            if exc.fault != "credentials" or not self.account.session_token:
+                raise
+        self._refresh(token)
+        return self.http.post(url, payload, self._headers())
 
     def stream(self, turn: Turn) -> Iterator[Delta | Done]:
         payload = {
@@ -45,7 +110,7 @@ class ChatGPTWebUpstream(Upstream):
         }
         if turn.upstream_conversation_id:
             payload["conversation_id"] = turn.upstream_conversation_id
-        response = self.http.post(f"{self.account.base_url}/conversation", payload, self._headers())
+        response = self._post(f"{self.account.base_url}/conversation", payload)
         reply = _Reply(turn.upstream_conversation_id, turn.model)
         for data in self.http.sse_data(response):
             try:
@@ -75,9 +140,7 @@ class ChatGPTWebUpstream(Upstream):
         """Ask the backend to title a new conversation; None if it cannot."""
         url = f"{self.account.base_url}/conversation/gen_title/{done.upstream_conversation_id}"
         try:
-            response = self.http.post(
-                url, {"message_id": done.upstream_message_id, "model": done.model}, self._headers()
-            )
+            response = self._post(url, {"message_id": done.upstream_message_id, "model": done.model})
             title = json.loads(self.http.body(response, TITLE_BYTES)).get("title")
         except Exception:  # a title is a nicety (the service falls back); never fail a reply over it
             return None
@@ -125,3 +188,13 @@ class _Reply:
             return ""
         self._seen[message_id] = end
         return "\n\n" + new if joining else new
+
+
+def _iso_time(value) -> float | None:
+    """Read an ISO 8601 time such as the session answer's `expires`; None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

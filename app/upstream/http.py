@@ -7,8 +7,11 @@ account's key or its proxy password: upstream messages are scrubbed before they 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.client
 import json
+import math
+import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +27,7 @@ STREAM_LINES = 64  # one answer may carry this many full-length lines' worth of 
 FRAGMENT = 8  # a run this long of a secret is redacted wherever it shows (an echo cut short is still a leak)
 # What reading a body can raise when the connection fails: requests' own, and urllib3's and the socket's (raw reads).
 BROKEN = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+CALLER_FAULTS = (400, 404, 409, 413, 422)  # the request's own fault: they say nothing about the account
 SCRUB_CHARS = 4000  # upstream text is cut to this before scrubbing (scrubbing is linear; callers cut further)
 
 
@@ -39,8 +43,13 @@ class HttpClient:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        secrets = [account.api_key, account.access_token, *_proxy_secrets(account.proxy)]
-        self.scrub = Scrubber(secrets)
+        self._secrets = [account.api_key, account.access_token, account.session_token, *_proxy_secrets(account.proxy)]
+        self.scrub = Scrubber(self._secrets)
+
+    def add_secret(self, secret: str) -> None:
+        """Redact one more secret from now on (an access token fetched at run time)."""
+        self._secrets.append(secret)
+        self.scrub = Scrubber(self._secrets)
 
     def close(self) -> None:
         self.session.close()
@@ -51,30 +60,59 @@ class HttpClient:
 
     def post(self, url: str, payload: dict, headers: dict) -> requests.Response:
         """POST JSON; return a 2xx response, its body not yet read, or raise UpstreamError / UpstreamTimeout."""
-        name = self.account.name
         try:
             response = self.session.post(url, json=payload, headers=headers, timeout=self.timeout, stream=True)
-        except requests.exceptions.ReadTimeout:
-            raise self._read_timeout("did not answer") from None
-        except requests.exceptions.ProxyError:
-            raise UpstreamError(f"account {name!r}: its proxy refused or failed the connection") from None
-        except requests.exceptions.RequestException as exc:  # ConnectTimeout included
-            if _is_timeout(exc):
-                raise UpstreamTimeout(
-                    f"account {name!r}: connecting to the upstream{self._via} timed out after {self.timeout[0]:g}s"
-                ) from None
-            raise UpstreamError(f"account {name!r}: could not connect to the upstream{self._via}") from None
-        if response.status_code in (401, 403):  # whatever it says may echo the credential: say nothing of it
+        except requests.exceptions.RequestException as exc:
+            raise self._unreachable(exc) from None
+        self._raise_for_status(response)
+        return response
+
+    def get_json(self, url: str, headers: dict, limit: int = 65536) -> dict:
+        """GET a small JSON object (through the account's proxy), or raise as post() does."""
+        try:
+            response = self.session.get(url, headers=headers, timeout=self.timeout, stream=True)
+        except requests.exceptions.RequestException as exc:
+            raise self._unreachable(exc) from None
+        self._raise_for_status(response)
+        try:
+            data = json.loads(self.body(response, limit))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"account {self.account.name!r}: {url} did not answer with a JSON object")
+        return data
+
+    def _unreachable(self, exc: requests.exceptions.RequestException) -> UpstreamError | UpstreamTimeout:
+        name = self.account.name
+        if isinstance(exc, requests.exceptions.ReadTimeout):
+            return self._read_timeout("did not answer")
+        if isinstance(exc, requests.exceptions.ProxyError):
+            return UpstreamError(f"account {name!r}: its proxy refused or failed the connection")
+        if _is_timeout(exc):  # ConnectTimeout included
+            return UpstreamTimeout(
+                f"account {name!r}: connecting to the upstream{self._via} timed out after {self.timeout[0]:g}s"
+            )
+        return UpstreamError(f"account {name!r}: could not connect to the upstream{self._via}")
+
+    def _raise_for_status(self, response: requests.Response) -> None:
+        """Turn an error answer into UpstreamError, saying whose fault it is (see app/errors.py)."""
+        status, name = response.status_code, self.account.name
+        if status < 400:
+            return
+        if status in (401, 403):  # whatever it says may echo the credential: say nothing of it
             response.close()
             raise UpstreamError(
-                f"account {name!r}: the upstream refused the account's credentials ({response.status_code}); "
-                "its key or token needs to be checked"
+                f"account {name!r}: the upstream refused the account's credentials ({status}); "
+                "its key or token needs to be checked",
+                fault="credentials",
             )
-        if response.status_code >= 400:
-            detail = self._error_detail(response)
-            response.close()
-            raise UpstreamError(f"account {name!r}: the upstream answered {response.status_code}: {detail}")
-        return response
+        detail = self._error_detail(response)
+        response.close()
+        message = f"account {name!r}: the upstream answered {status}: {detail}"
+        if status == 429:
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            raise UpstreamError(message, fault="rate_limited", retry_after=wait)
+        raise UpstreamError(message, fault="caller" if status in CALLER_FAULTS else "transient")
 
     def _read_timeout(self, what: str) -> UpstreamTimeout:
         return UpstreamTimeout(f"account {self.account.name!r}: the upstream {what} for {self.timeout[1]:g}s")
@@ -188,6 +226,24 @@ def upstream_message(data) -> str | None:
                 if found:
                     return found
     return None
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Read a Retry-After header: seconds, or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _is_timeout(exc: BaseException) -> bool:

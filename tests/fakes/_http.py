@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import socketserver
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,10 +32,14 @@ class FakeHTTPService(BackgroundServer):
 
     handler_class: type[BaseHTTPRequestHandler]
     url_path = ""
+    chat_path: str | None = None  # the POST route counted by in_flight, max_in_flight and chat_count
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[dict] = []
+        self.in_flight = 0  # chat requests read and not yet answered: each leaves just before its last bytes
+        self.max_in_flight = 0  # peak of in_flight since start or reset_peak()
+        self.chat_count = 0  # chat requests received
 
     def _make_server(self) -> FakeHTTPServer:
         return FakeHTTPServer(self, self.handler_class)
@@ -61,10 +67,66 @@ class FakeHTTPService(BackgroundServer):
                 self.fail_times = times - 1
             return status
 
+    def chat_started(self) -> None:
+        """Count one chat request as received and in flight."""
+        with self._lock:
+            self.chat_count += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def chat_finished(self) -> None:
+        """Count one chat request as answered or dropped."""
+        with self._lock:
+            self.in_flight -= 1
+
+    def reset_peak(self) -> None:
+        """Restart max_in_flight from the requests in flight now."""
+        with self._lock:
+            self.max_in_flight = self.in_flight
+
     def requests_to(self, path: str) -> list[dict]:
         """Return the recorded requests whose path is path."""
         with self._lock:
             return [r for r in self.requests if r["path"] == path]
+
+
+class FakeUpstream(FakeHTTPService):
+    """Hold the failure knobs that the fake OpenAI and ChatGPT web servers share."""
+
+    default_fail_message = "fake failure"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply_text = None  # str, or callable(body) -> str; None echoes the prompt
+        self.chunk_size = 4
+        self.delay = 0.0  # seconds to wait after reading a request, before any byte of the answer
+        self.stream_delay = 0.0
+        self.fail_status: int | None = None
+        self.fail_message = self.default_fail_message
+        self.fail_times: int | None = None  # None: fail every request while fail_status is set
+        self.fail_headers: dict[str, str] = {}  # extra headers of a fail_status answer, e.g. Retry-After
+        self.cut_after: int | None = None  # drop a streamed reply's connection after this many content chunks
+        self.error_in_stream: str | None = None
+
+    @property
+    def hang(self) -> float:
+        """Return the delay: seconds to wait after reading a request, before any byte of the answer."""
+        return self.delay
+
+    @hang.setter
+    def hang(self, seconds: float) -> None:
+        self.delay = seconds
+
+    def retry_after_headers(self, retry_after: str | None) -> dict[str, str]:
+        """Return the headers of a rate-limit answer."""
+        return {} if retry_after is None else {"Retry-After": str(retry_after)}
+
+    def heal(self) -> None:
+        """Clear every failure knob: answer normally from now on."""
+        with self._lock:
+            self.fail_status, self.fail_times, self.fail_headers = None, None, {}
+            self.fail_message = self.default_fail_message
+            self.cut_after, self.delay, self.error_in_stream = None, 0.0, None
 
 
 class FakeHandler(BaseHTTPRequestHandler):
@@ -75,6 +137,7 @@ class FakeHandler(BaseHTTPRequestHandler):
     server_version = "FakeUpstream/1.0"
     sys_version = ""
     server: FakeHTTPServer
+    _counted = False  # whether this request is counted in the owner's in_flight
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class names it so
         """Keep test output clean."""
@@ -117,6 +180,9 @@ class FakeHandler(BaseHTTPRequestHandler):
             "body": body,
         }
         self.owner.record(entry)
+        if self.command == "POST" and self.route == self.owner.chat_path and not self._counted:
+            self._counted = True
+            self.owner.chat_started()
         return entry, body
 
     def bearer(self) -> str:
@@ -131,8 +197,15 @@ class FakeHandler(BaseHTTPRequestHandler):
             return not self.server.stopping.wait(seconds)
         return not self.server.stopping.is_set()
 
+    def chat_done(self) -> None:
+        """Stop counting this request in flight: just before its answer's last bytes, or when dispatch ends."""
+        if self._counted:
+            self._counted = False
+            self.owner.chat_finished()
+
     def send_json(self, status: int, obj, headers: dict | None = None) -> None:
         """Answer a complete JSON document with Content-Length."""
+        self.chat_done()
         data = json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -159,7 +232,16 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     def end_stream(self) -> None:
         """Send the last chunk of a chunked answer."""
+        self.chat_done()
         self.wfile.write(b"0\r\n\r\n")
+
+    def drop_connection(self) -> None:
+        """Close the connection at once, mid-answer: no last chunk, no more bytes."""
+        self.chat_done()
+        self.wfile.flush()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self._responded = True
@@ -173,7 +255,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     def safe_dispatch(self) -> None:
         """Dispatch; a bug in the fake or in a test's reply_text callable becomes a 500 with a traceback."""
-        self._responded = False
+        self._responded = self._counted = False
         try:
             self.dispatch()
         except OSError:
@@ -184,6 +266,8 @@ class FakeHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self.send_json(500, {"error": {"message": f"fake server error: {exc!r}"}, "detail": repr(exc)})
+        finally:
+            self.chat_done()
 
     def dispatch(self) -> None:
         raise NotImplementedError

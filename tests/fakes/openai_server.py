@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from ._http import FakeHandler, FakeHTTPService
+from ._http import FakeHandler, FakeUpstream
 
 
 def _text_of(content) -> str:
@@ -36,7 +36,8 @@ class _OpenAIHandler(FakeHandler):
             return
         failure = fake.take_failure()
         if failure is not None:
-            self.send_error_json(failure, fake.fail_message, fake.fail_type)
+            headers = dict(fake.fail_headers)
+            self.send_error_json(failure, fake.fail_message, fake.fail_type, fake.fail_code, headers)
             return
         if self.command == "GET":
             self.send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
@@ -51,9 +52,15 @@ class _OpenAIHandler(FakeHandler):
             self.send_json(200, fake.completion(body, reply))
 
     def send_error_json(
-        self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict | None = None,
     ) -> None:
-        self.send_json(status, {"error": {"message": message, "type": kind, "param": None, "code": code}})
+        error = {"message": message, "type": kind, "param": None, "code": code}
+        self.send_json(status, {"error": error}, headers)
 
     def stream_reply(self, body: dict, reply: str) -> None:
         fake: FakeOpenAI = self.owner
@@ -79,9 +86,18 @@ class _OpenAIHandler(FakeHandler):
         pieces = [reply[i : i + size] for i in range(0, len(reply), size)]
         self.begin_stream()
         self.send_event(chunk({"role": "assistant", "content": "", "refusal": None}))
+        cut = fake.cut_after
+        if cut is not None:
+            for piece in pieces[: max(0, cut)]:
+                if not self.pause(fake.stream_delay):
+                    return
+                self.send_event(chunk({"content": piece}))
+            self.drop_connection()
+            return
         if fake.error_in_stream is not None:
             if pieces:
                 self.send_event(chunk({"content": pieces[0]}))
+            self.chat_done()
             self.send_event({"error": {"message": fake.error_in_stream}})
             self.end_stream()
             self.close_connection = True
@@ -90,6 +106,7 @@ class _OpenAIHandler(FakeHandler):
             if not self.pause(fake.stream_delay):
                 return
             self.send_event(chunk({"content": piece}))
+        self.chat_done()
         self.send_event(chunk({}, "stop"))
         if include_usage:
             final = chunk({}, choices=False)
@@ -99,24 +116,38 @@ class _OpenAIHandler(FakeHandler):
         self.end_stream()
 
 
-class FakeOpenAI(FakeHTTPService):
+class FakeOpenAI(FakeUpstream):
     """Answer /v1/chat/completions (JSON or SSE) and /v1/models like OpenAI does."""
 
     handler_class = _OpenAIHandler
     url_path = "/v1"
+    chat_path = "/v1/chat/completions"
+    default_fail_type = "invalid_request_error"
 
     def __init__(self) -> None:
-        super().__init__()
-        self.reply_text = None  # str, or callable(body) -> str; None echoes the last user message
-        self.chunk_size = 4
-        self.delay = 0.0
-        self.stream_delay = 0.0
-        self.fail_status: int | None = None
-        self.fail_message = "fake failure"
-        self.fail_type = "invalid_request_error"
-        self.fail_times: int | None = None  # None: fail every request while fail_status is set
-        self.error_in_stream: str | None = None
+        super().__init__()  # reply_text None echoes the last user message
+        self.fail_type = self.default_fail_type
+        self.fail_code: str | None = None
         self.require_key: str | None = None
+
+    def rate_limit(self, retry_after: str | None = None, times: int | None = None) -> None:
+        """Answer 429 with OpenAI's rate-limit error (and Retry-After if given), times times or until heal()."""
+        wait = f"Please try again in {retry_after}s." if str(retry_after).isdigit() else "Please try again later."
+        message = (
+            "Rate limit reached for fake-model in organization org-fake on requests per min (RPM): "
+            f"Limit 3, Used 3, Requested 1. {wait} "
+            "Visit https://platform.openai.com/account/rate-limits to learn more."
+        )
+        with self._lock:
+            self.fail_message, self.fail_type, self.fail_code = message, "requests", "rate_limit_exceeded"
+            self.fail_headers = self.retry_after_headers(retry_after)
+            self.fail_status, self.fail_times = 429, times
+
+    def heal(self) -> None:
+        """Clear every failure knob, including the error type and code rate_limit() set."""
+        super().heal()
+        with self._lock:
+            self.fail_type, self.fail_code = self.default_fail_type, None
 
     def reply_for(self, body: dict) -> str:
         """Return the reply text for a request body."""

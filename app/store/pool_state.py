@@ -1,0 +1,332 @@
+"""The pool's shared state in SQL: round-robin cursors, account health, leases and request counts.
+
+Every worker process and every instance on the same database reads and writes the same rows, so
+a 429 seen by one worker keeps all of them off that account, and `max_concurrent` and `rpm` are
+counted across all of them. One choice is one write transaction: the cursor steps on, the
+candidates' health and room are read, and the chosen account's lease and request are recorded.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.store.conversations import metadata, pool_cursors
+
+account_health = Table(
+    "account_health",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("state", String(32), nullable=False, default="ok"),  # ok | cooling | needs_attention
+    Column("cooling_until", Float),
+    Column("backoff", Float, nullable=False, default=0.0),  # the last transient cooldown, doubled on the next
+    Column("last_error", Text),
+    Column("last_error_at", Float),
+    Column("requests", Integer, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("last_used", Float),
+)
+
+# One row per request in flight on an account; a worker that died leaves its leases to expire.
+account_leases = Table(
+    "account_leases",
+    metadata,
+    Column("lease_id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, index=True),
+    Column("expires_at", Float, nullable=False),
+)
+
+# When each request of the last minute began, for accounts with an `rpm` limit.
+account_hits = Table(
+    "account_hits",
+    metadata,
+    Column("hit_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+)
+Index("ix_account_hits_name_at", account_hits.c.name, account_hits.c.at)
+
+# Alerts already sent, so that one event is one message however many requests see it.
+alerts_sent = Table(
+    "alerts_sent",
+    metadata,
+    Column("event", String(160), primary_key=True),
+    Column("until", Float),  # the event may be told again after this (None: not until it is cleared)
+)
+
+WINDOW = 60.0  # seconds an rpm limit counts over
+
+
+@dataclass(frozen=True)
+class Health:
+    """One account's shared state as last written."""
+
+    name: str
+    state: str = "ok"
+    cooling_until: float | None = None
+    backoff: float = 0.0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    requests: int = 0
+    errors: int = 0
+    last_used: float | None = None
+    in_flight: int = 0
+
+    def usable(self, now: float) -> bool:
+        """True if the account may take a request now (health only; room is counted apart)."""
+        if self.state == "needs_attention":
+            return False
+        return self.cooling_until is None or self.cooling_until <= now
+
+    def current_state(self, now: float) -> str:
+        if self.state == "needs_attention":
+            return "needs_attention"
+        return "cooling" if self.cooling_until is not None and self.cooling_until > now else "ok"
+
+    @property
+    def healing(self) -> bool:
+        """True if a success has something to clear (a backoff, or a cooldown that has run out)."""
+        return self.backoff > 0 or self.state != "ok" or self.cooling_until is not None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    max_concurrent: int | None = None
+    rpm: int | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What one attempt to choose found: the account taken (with its lease), or why none was."""
+
+    name: str | None
+    lease: str | None = None
+    healing: bool = False  # the account taken has a backoff or an old cooldown that a success clears
+    usable: int = 0  # candidates healthy enough to take a request (busy or not)
+    soonest: float | None = None  # the earliest time a candidate comes back (cooldown or room)
+    rate_limited: bool = False  # every unusable candidate is cooling after a 429
+
+
+class SqlPoolState:
+    """Shared pool state on the conversation database (any SQLAlchemy URL)."""
+
+    def __init__(self, store, lease_seconds: float):
+        self._store = store
+        self.lease_seconds = lease_seconds
+        metadata.create_all(store.engine)
+
+    # -- choosing ----------------------------------------------------------------------------
+
+    def choose(self, cursor: str | None, candidates: list[Candidate], now: float | None = None) -> Choice:
+        """Step cursor on and take the next candidate in turn that is healthy and has room, in one transaction.
+
+        cursor None: no round robin, the candidates are tried in the order given (a pinned account).
+        """
+        now = time.time() if now is None else now
+        names = [c.name for c in candidates]
+        with self._store.write() as db:
+            start = _advance(db, cursor) if cursor else 0
+            rows = {r.name: r for r in db.execute(select(account_health).where(account_health.c.name.in_(names)))}
+            usable, soonest, limited = 0, None, True
+            for step in range(len(candidates)):
+                candidate = candidates[(start + step) % len(candidates)]
+                health = _health(rows.get(candidate.name), candidate.name)
+                if not health.usable(now):
+                    if health.cooling_until is not None:
+                        soonest = _earliest(soonest, health.cooling_until)
+                    limited = limited and _rate_limited(health)
+                    continue
+                usable += 1
+                wait = _room(db, candidate, now)
+                if wait:
+                    soonest = _earliest(soonest, now + wait)
+                    continue
+                lease = uuid.uuid4().hex
+                db.execute(
+                    insert(account_leases).values(
+                        lease_id=lease, name=candidate.name, expires_at=now + self.lease_seconds
+                    )
+                )
+                if candidate.rpm:
+                    db.execute(insert(account_hits).values(name=candidate.name, at=now))
+                _bump(db, candidate.name, rows, requests=account_health.c.requests + 1, last_used=now)
+                return Choice(candidate.name, lease, health.healing, usable)
+        return Choice(None, None, False, usable, soonest, rate_limited=limited and usable == 0 and bool(candidates))
+
+    # -- after a request ---------------------------------------------------------------------
+
+    def renew(self, lease: str) -> None:
+        with self._store.write() as db:
+            db.execute(
+                update(account_leases)
+                .where(account_leases.c.lease_id == lease)
+                .values(expires_at=time.time() + self.lease_seconds)
+            )
+
+    def release(self, name: str, lease: str | None, healed: bool = False) -> None:
+        """End a request that went well (or was left by its caller); healed clears the account's backoff."""
+        with self._store.write() as db:
+            if lease:
+                db.execute(delete(account_leases).where(account_leases.c.lease_id == lease))
+            if healed:
+                db.execute(
+                    update(account_health)
+                    .where(account_health.c.name == name, account_health.c.state != "needs_attention")
+                    .values(state="ok", cooling_until=None, backoff=0.0)
+                )
+
+    def fail(self, name: str, lease: str | None, message: str, cooling, attention: bool) -> tuple[Health, Health]:
+        """Record a failure that counts against the account; return its health before and after.
+
+        cooling(before) gives (seconds to rest or None, the backoff to remember), read inside the
+        transaction so two workers failing at once double the backoff once each, in turn.
+        """
+        now = time.time()
+        with self._store.write() as db:
+            if lease:
+                db.execute(delete(account_leases).where(account_leases.c.lease_id == lease))
+            row = db.execute(select(account_health).where(account_health.c.name == name)).first()
+            before = _health(row, name)
+            changes = {"last_error": message[:500], "last_error_at": now, "errors": account_health.c.errors + 1}
+            seconds, backoff = cooling(before)
+            if attention:
+                changes.update(state="needs_attention", cooling_until=None)
+            elif seconds is not None and before.state != "needs_attention":
+                until = max(now + seconds, before.cooling_until or 0)
+                changes.update(state="cooling", cooling_until=until, backoff=backoff)
+            _bump(db, name, {name: row} if row else {}, **changes)
+            after = _health(db.execute(select(account_health).where(account_health.c.name == name)).first(), name)
+        return before, after
+
+    def reset(self, name: str) -> None:
+        """Clear an account's cooldown, backoff and needs-attention (an admin re-enabled or fixed it)."""
+        with self._store.write() as db:
+            db.execute(
+                update(account_health)
+                .where(account_health.c.name == name)
+                .values(state="ok", cooling_until=None, backoff=0.0)
+            )
+            db.execute(delete(alerts_sent).where(alerts_sent.c.event.like("%:" + name)))
+            db.execute(delete(alerts_sent).where(alerts_sent.c.event.like("class_down:%")))
+
+    def forget(self, name: str) -> None:
+        """Drop what is kept about an account that was removed."""
+        with self._store.write() as db:
+            for table in (account_health, account_leases, account_hits):
+                db.execute(delete(table).where(table.c.name == name))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def health(self, names: list[str]) -> dict[str, Health]:
+        """Every named account's health and requests in flight (accounts never used read as fresh)."""
+        now = time.time()
+        with self._store.engine.connect() as db:
+            rows = {r.name: r for r in db.execute(select(account_health).where(account_health.c.name.in_(names)))}
+            flying = dict(
+                db.execute(
+                    select(account_leases.c.name, func.count())
+                    .where(account_leases.c.name.in_(names), account_leases.c.expires_at > now)
+                    .group_by(account_leases.c.name)
+                ).all()
+            )
+        return {n: _health(rows.get(n), n, flying.get(n, 0)) for n in names}
+
+    def claim_alert(self, event: str, until: float | None) -> bool:
+        """Return True once per event (until it may be told again, or is cleared): the caller sends it."""
+        now = time.time()
+        with self._store.write() as db:
+            row = db.execute(select(alerts_sent.c.until).where(alerts_sent.c.event == event)).first()
+            if row is not None and (row.until is None or row.until > now):
+                return False
+            db.execute(delete(alerts_sent).where(alerts_sent.c.event == event))
+            db.execute(insert(alerts_sent).values(event=event, until=until))
+        return True
+
+    # -- cursors -----------------------------------------------------------------------------
+
+    def next_cursor(self, name: str) -> int:
+        """Advance a round-robin counter shared by every process on this database; return its old value."""
+        with self._store.write() as db:
+            return _advance(db, name)
+
+
+def _advance(db, name: str) -> int:
+    """Inside a write transaction: step the named cursor on and return its old value."""
+    _insert_missing(db, pool_cursors, name=name, value=0)
+    value = db.execute(
+        update(pool_cursors)
+        .where(pool_cursors.c.name == name)
+        .values(value=pool_cursors.c.value + 1)
+        .returning(pool_cursors.c.value)
+    ).scalar_one()
+    return value - 1
+
+
+def _insert_missing(db, table: Table, **values) -> None:
+    """Insert a row unless one with its primary key exists (another process may have made it)."""
+    dialect = db.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        module = sqlite if dialect == "sqlite" else postgresql
+        db.execute(module.insert(table).values(**values).on_conflict_do_nothing())
+        return
+    key = table.primary_key.columns.values()[0]
+    if db.execute(select(key).where(key == values[key.name])).first() is None:
+        db.execute(insert(table).values(**values))
+
+
+def _room(db, candidate: Candidate, now: float) -> float:
+    """Seconds until candidate has room under its limits (0: it has room now)."""
+    if candidate.max_concurrent:
+        flying = db.execute(
+            select(func.count())
+            .select_from(account_leases)
+            .where(account_leases.c.name == candidate.name, account_leases.c.expires_at > now)
+        ).scalar_one()
+        if flying >= candidate.max_concurrent:
+            return 1.0  # a request ends at some point: look again soon
+    if candidate.rpm:
+        db.execute(delete(account_hits).where(account_hits.c.name == candidate.name, account_hits.c.at <= now - WINDOW))
+        hits = db.execute(
+            select(account_hits.c.at).where(account_hits.c.name == candidate.name).order_by(account_hits.c.at)
+        ).scalars()
+        hits = list(hits)
+        if len(hits) >= candidate.rpm:
+            return max(0.001, hits[len(hits) - candidate.rpm] + WINDOW - now)
+    return 0.0
+
+
+def _bump(db, name: str, rows: dict, **changes) -> None:
+    """Update an account's health row, creating it first if it has none."""
+    if name not in rows:
+        _insert_missing(db, account_health, name=name, state="ok", backoff=0.0, requests=0, errors=0)
+    db.execute(update(account_health).where(account_health.c.name == name).values(**changes))
+
+
+def _health(row, name: str, in_flight: int = 0) -> Health:
+    if row is None:
+        return Health(name, in_flight=in_flight)
+    return Health(
+        name=name,
+        state=row.state,
+        cooling_until=row.cooling_until,
+        backoff=row.backoff or 0.0,
+        last_error=row.last_error,
+        last_error_at=row.last_error_at,
+        requests=row.requests or 0,
+        errors=row.errors or 0,
+        last_used=row.last_used,
+        in_flight=in_flight,
+    )
+
+
+def _rate_limited(health: Health) -> bool:
+    return health.state == "cooling" and health.backoff == 0.0 and health.cooling_until is not None
+
+
+def _earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
