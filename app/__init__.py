@@ -14,6 +14,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import auth, config, errors, limits
 from app.pool import Pool
 from app.services import ChatService, ConversationService, UserService
+from app.services.accounts import AccountService
+from app.settings_file import SettingsFile
 from app.store import JsonUserStore, SqlConversationStore
 from app.store.pool_state import SqlPoolState
 
@@ -40,8 +42,10 @@ def create_app(
     generated key; a generated key is left in app.config["CREATED_ADMIN_KEY"] for main.py to print
     once.
     """
+    settings_file = None
     if settings is None:
         settings, _created = config.load(settings_path)
+        settings_file = SettingsFile(settings_path)  # accounts changed at run time are written here
     else:
         settings = config.validate(settings, base_dir or Path.cwd())
 
@@ -66,6 +70,7 @@ def create_app(
     pool = Pool(settings["accounts"], settings, SqlPoolState(store, float(settings["timeouts"]["read"]) + 30.0))
     conversations = ConversationService(store)
     services = SimpleNamespace(
+        accounts=AccountService(pool, settings_file, settings),
         users=UserService(users, store, settings["max_users_per_client"]),
         conversations=conversations,
         chat=ChatService(store, pool, conversations, settings),
@@ -82,6 +87,7 @@ def create_app(
     errors.register(app)
     limits.install(app)
     app.before_request(auth.note_arrival)  # first of all: before any key or session is looked up
+    app.before_request(services.accounts.refresh)  # settings.json edited elsewhere: seen within a second
     from app.api.routes import register as register_api
     from app.openai_api.routes import register as register_v1
     from app.web.routes import register as register_web

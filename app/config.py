@@ -27,6 +27,9 @@ ROUTE_DEFAULTS = {
     "user_key": "/api/users/<user_id>/key",
     "me": "/api/me",
     "health": "/api/health",
+    "accounts": "/api/accounts",
+    "account": "/api/accounts/<name>",
+    "account_test": "/api/accounts/<name>/test",
     "recall": "/api/recall",
     "remove_conversation": "/api/remove-conversation",
     "add_user": "/api/client/add-user",
@@ -42,6 +45,7 @@ PAGE_DEFAULTS = {
     "recall": "/recall",
     "admin_users": "/admin/users",
     "admin_add_user": "/admin/add-user",
+    "admin_accounts": "/admin/accounts",
 }
 
 DEFAULTS = {

@@ -26,9 +26,17 @@ LOOK_EVERY = 1.0  # seconds between looks at the file's stamp
 class SettingsFile:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self._lock = FileLock(str(self.path.with_name(f".{self.path.name}.lock")), timeout=LOCK_WAIT, mode=0o600)
+        self._lock_owner: tuple[int, FileLock] | None = None
         self.stamp = self._stamp()
         self._looked = time.monotonic()
+
+    @property
+    def _lock(self) -> FileLock:
+        """The file lock, made anew in each process (a lock must not be inherited across fork)."""
+        if self._lock_owner is None or self._lock_owner[0] != os.getpid():
+            lock = FileLock(str(self.path.with_name(f".{self.path.name}.lock")), timeout=LOCK_WAIT, mode=0o600)
+            self._lock_owner = (os.getpid(), lock)
+        return self._lock_owner[1]
 
     def _stamp(self) -> tuple | None:
         try:

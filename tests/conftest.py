@@ -6,6 +6,7 @@ settings.json, and served over real HTTP by a threaded WSGI server.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 
@@ -101,9 +102,19 @@ def settings_for(tmp_path, accounts=None, **overrides) -> dict:
     return settings
 
 
-def start_server(folder, accounts=None, admin_key: str = ADMIN_KEY, **overrides) -> LiveServer:
-    """Build an app whose files live in folder and serve it; the caller stops it."""
-    app = create_app(settings_for(folder, accounts, **overrides), base_dir=folder, admin_key=admin_key)
+def start_server(folder, accounts=None, admin_key: str = ADMIN_KEY, from_file: bool = False, **overrides) -> LiveServer:
+    """Build an app whose files live in folder and serve it; the caller stops it.
+
+    from_file: write the settings to folder/settings.json and start from that file, as main.py does
+    (accounts can then be changed at run time).
+    """
+    settings = settings_for(folder, accounts, **overrides)
+    if from_file:
+        path = folder / "settings.json"
+        path.write_text(json.dumps({"app_secret": "test-secret-0123456789", **settings}, indent=2))
+        app = create_app(settings_path=path, admin_key=admin_key)
+    else:
+        app = create_app(settings, base_dir=folder, admin_key=admin_key)
     return LiveServer(app).start()
 
 

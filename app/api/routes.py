@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 
 from app import auth
-from app.api.params import choice, flag, number, request_params, text, token
+from app.api.params import choice, flag, json_object, number, request_params, text, token
 from app.context import services
 from app.pool import PLUS_MODES
 from app.render import reply_only_response
@@ -94,8 +94,41 @@ def me():
 
 
 def health():
+    """Liveness for a load balancer: 503 while no account can take a new conversation."""
     pool = services().pool
-    return jsonify({"status": "ok", "accounts": len(pool.enabled()), "demo_only": pool.demo_only()})
+    states = pool.counts()
+    up = states["ok"] > 0
+    body = {"status": "ok" if up else "unavailable", "accounts": len(pool.enabled()), "demo_only": pool.demo_only()}
+    return jsonify({**body, "states": states}), 200 if up else 503
+
+
+def accounts():
+    actor = _account_admin()
+    if request.method == "POST":
+        report = services().accounts.add(actor, json_object())
+        return jsonify({"status": "success", **report.public()}), 201
+    return jsonify({"accounts": [r.public() for r in services().accounts.list(actor)]})
+
+
+def account(name: str):
+    actor = _account_admin()
+    if request.method == "DELETE":
+        services().accounts.remove(actor, name)
+        return jsonify({"status": "success", "deleted": name})
+    if request.method == "PATCH":
+        report = services().accounts.update(actor, name, json_object())
+        return jsonify({"status": "success", **report.public()})
+    return jsonify(services().accounts.get(actor, name).public())
+
+
+def account_test(name: str):
+    return jsonify(services().accounts.test(_account_admin(), name))
+
+
+def _account_admin():
+    """The caller of an account route, by the Authorization header or ?user=: the JSON body holds the
+    account's own fields, whose api_key is the account's key, never the caller's."""
+    return auth.caller(dict(request.args))
 
 
 def _method(params: dict) -> str:
@@ -115,6 +148,9 @@ VIEWS = {
     "user_key": (user_key, ["POST"]),
     "me": (me, ["GET", "POST"]),
     "health": (health, ["GET"]),
+    "accounts": (accounts, ["GET", "POST"]),
+    "account": (account, ["GET", "PATCH", "DELETE"]),
+    "account_test": (account_test, ["POST"]),
 }
 
 
