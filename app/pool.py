@@ -151,9 +151,18 @@ class Pool:
         health = self.state.health([account_name])[account_name]
         return account, health.current_state(time.time()), health
 
-    def take_pinned(self, account: Account) -> Lease:
-        """Take a lease on a follow-up's own account (waiting for room as a new conversation would)."""
-        return self._take(None, [account], "")
+    def take_pinned(self, account_name: str) -> Lease | None:
+        """Take a lease on a follow-up's own account, waiting for room as a new conversation would;
+        None if it is removed, disabled or unhealthy (pinned() then says which)."""
+        account = self.accounts.get(account_name)
+        if account is None or not account.enabled:
+            return None
+        try:
+            return self._take(None, [account], "")
+        except NoAccountAvailable as exc:
+            if exc.retry_after is not None and getattr(exc, "unhealthy", False):
+                return None
+            raise
 
     def gone(self, account_name: str, state: str) -> Conflict:
         why = "is no longer configured" if state == "removed" else "is disabled"
@@ -173,12 +182,14 @@ class Pool:
             label = f"{what} " if what and what != "any" else ""
             if choice.usable == 0:
                 later = f"; the first comes back in {wait:.0f} s" if wait else ""
-                raise NoAccountAvailable(
+                unavailable = NoAccountAvailable(
                     f"every eligible {label}account is unavailable right now (cooling down or needing attention)"
                     f"{later}; try again then",
                     retry_after=wait or 30,
                     rate_limited=choice.rate_limited,
                 )
+                unavailable.unhealthy = True
+                raise unavailable
             if time.monotonic() + pause > deadline:
                 raise NoAccountAvailable(
                     f"every eligible {label}account is at its limit (max_concurrent or rpm) and none had room "

@@ -218,17 +218,24 @@ class ChatService:
         account of the same class when its own is unusable or fails before the first byte; one that
         lives upstream (chatgpt-web) can only wait for its account.
         """
-        account, state, health = self.pool.pinned(conv.account_name)
+        account = self.pool.accounts.get(conv.account_name)
         if account is not None and account.plus and not principal.user.plus:  # plus taken away since it began
             raise Forbidden("this conversation runs on a plus account, and this key is not plus", param="plus")
         user_plus = principal.user.plus
         klass = class_of(account) if account else ("any" if user_plus else "free")
         stateless = conv.upstream_conversation_id is None
         replace_ = (lambda tried: self.pool.replacement(klass, user_plus, tried)) if stateless else None
-        if state == "ok":
-            return self.pool.take_pinned(account), replace_
+        lease = self.pool.take_pinned(conv.account_name)
+        if lease is not None:
+            return lease, replace_
         if replace_ is not None:
             return replace_([conv.account_name]), replace_
+        _account, state, health = self.pool.pinned(conv.account_name)
+        if state == "ok":  # it came back between the two looks
+            lease = self.pool.take_pinned(conv.account_name)
+            if lease is not None:
+                return lease, replace_
+            raise NoAccountAvailable("this conversation's account is changing state; try again", retry_after=1)
         if state == "cooling":
             wait = max(1.0, health.cooling_until - time.time())
             raise NoAccountAvailable(

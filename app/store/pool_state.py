@@ -12,7 +12,21 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, delete, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.store.conversations import metadata, pool_cursors
@@ -59,6 +73,27 @@ alerts_sent = Table(
 )
 
 WINDOW = 60.0  # seconds an rpm limit counts over
+
+# The statements of the hot path, built once: building a statement costs more than running it on SQLite.
+_STEP = (
+    update(pool_cursors)
+    .where(pool_cursors.c.name == bindparam("n"))
+    .values(value=pool_cursors.c.value + 1)
+    .returning(pool_cursors.c.value)
+)
+_HEALTH_OF = select(account_health).where(account_health.c.name.in_(bindparam("names", expanding=True)))
+_LEASE = insert(account_leases).values(lease_id=bindparam("lease"), name=bindparam("n"), expires_at=bindparam("until"))
+_UNLEASE = delete(account_leases).where(account_leases.c.lease_id == bindparam("lease"))
+_USED = (
+    update(account_health)
+    .where(account_health.c.name == bindparam("n"))
+    .values(requests=account_health.c.requests + 1, last_used=bindparam("now"))
+)
+_FLYING = (
+    select(func.count())
+    .select_from(account_leases)
+    .where(account_leases.c.name == bindparam("n"), account_leases.c.expires_at > bindparam("now"))
+)
 
 
 @dataclass(frozen=True)
@@ -131,7 +166,7 @@ class SqlPoolState:
         names = [c.name for c in candidates]
         with self._store.write() as db:
             start = _advance(db, cursor) if cursor else 0
-            rows = {r.name: r for r in db.execute(select(account_health).where(account_health.c.name.in_(names)))}
+            rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
             usable, soonest, limited = 0, None, True
             for step in range(len(candidates)):
                 candidate = candidates[(start + step) % len(candidates)]
@@ -147,14 +182,14 @@ class SqlPoolState:
                     soonest = _earliest(soonest, now + wait)
                     continue
                 lease = uuid.uuid4().hex
-                db.execute(
-                    insert(account_leases).values(
-                        lease_id=lease, name=candidate.name, expires_at=now + self.lease_seconds
-                    )
-                )
+                db.execute(_LEASE, {"lease": lease, "n": candidate.name, "until": now + self.lease_seconds})
                 if candidate.rpm:
                     db.execute(insert(account_hits).values(name=candidate.name, at=now))
-                _bump(db, candidate.name, rows, requests=account_health.c.requests + 1, last_used=now)
+                if candidate.name not in rows:
+                    _insert_missing(
+                        db, account_health, name=candidate.name, state="ok", backoff=0.0, requests=0, errors=0
+                    )
+                db.execute(_USED, {"n": candidate.name, "now": now})
                 return Choice(candidate.name, lease, health.healing, usable)
         return Choice(None, None, False, usable, soonest, rate_limited=limited and usable == 0 and bool(candidates))
 
@@ -172,7 +207,7 @@ class SqlPoolState:
         """End a request that went well (or was left by its caller); healed clears the account's backoff."""
         with self._store.write() as db:
             if lease:
-                db.execute(delete(account_leases).where(account_leases.c.lease_id == lease))
+                db.execute(_UNLEASE, {"lease": lease})
             if healed:
                 db.execute(
                     update(account_health)
@@ -226,7 +261,7 @@ class SqlPoolState:
         """Every named account's health and requests in flight (accounts never used read as fresh)."""
         now = time.time()
         with self._store.engine.connect() as db:
-            rows = {r.name: r for r in db.execute(select(account_health).where(account_health.c.name.in_(names)))}
+            rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
             flying = dict(
                 db.execute(
                     select(account_leases.c.name, func.count())
@@ -257,13 +292,10 @@ class SqlPoolState:
 
 def _advance(db, name: str) -> int:
     """Inside a write transaction: step the named cursor on and return its old value."""
-    _insert_missing(db, pool_cursors, name=name, value=0)
-    value = db.execute(
-        update(pool_cursors)
-        .where(pool_cursors.c.name == name)
-        .values(value=pool_cursors.c.value + 1)
-        .returning(pool_cursors.c.value)
-    ).scalar_one()
+    value = db.execute(_STEP, {"n": name}).scalar()
+    if value is None:  # its first use
+        _insert_missing(db, pool_cursors, name=name, value=0)
+        value = db.execute(_STEP, {"n": name}).scalar_one()
     return value - 1
 
 
@@ -282,11 +314,7 @@ def _insert_missing(db, table: Table, **values) -> None:
 def _room(db, candidate: Candidate, now: float) -> float:
     """Seconds until candidate has room under its limits (0: it has room now)."""
     if candidate.max_concurrent:
-        flying = db.execute(
-            select(func.count())
-            .select_from(account_leases)
-            .where(account_leases.c.name == candidate.name, account_leases.c.expires_at > now)
-        ).scalar_one()
+        flying = db.execute(_FLYING, {"n": candidate.name, "now": now}).scalar_one()
         if flying >= candidate.max_concurrent:
             return 1.0  # a request ends at some point: look again soon
     if candidate.rpm:
