@@ -102,8 +102,9 @@ class AccountService:
                 raise Conflict(f"an account named {name!r} exists already", param="name")
             accounts.append(fields)
 
+        if name not in self.pool.accounts:
+            self.pool.state.forget(name)  # an earlier account of that name leaves nothing behind
         self._edit(change, len(self._raw_list()))
-        self.pool.state.forget(name)  # an earlier account of that name left nothing behind
         return self.get(actor, name)
 
     def update(self, actor: User, name: str, fields: dict) -> AccountReport:
