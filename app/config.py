@@ -126,6 +126,7 @@ ACCOUNT_KEYS = {
     "rpm": (int, type(None)),
 }
 
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9 ._@+-]{0,127}")  # it goes in paths: /api/accounts/<name>
 PROXY_SCHEMES = ("socks5", "socks5h", "http", "https")
 WORKER_CLASSES = ("gevent", "gthread")
 NUMBER = (int, float)
@@ -232,6 +233,10 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
     for key in ("name", "type"):
         if not raw.get(key):
             raise ConfigError(f"{where}.{key}: required")
+    if not ACCOUNT_NAME.fullmatch(raw["name"]):
+        raise ConfigError(
+            f"{where}.name: use letters, digits, spaces and . _ - @ + (at most 128, not starting with . or a space)"
+        )
     kind = raw["type"]
     if kind not in ACCOUNT_TYPES:
         raise ConfigError(f"{where}.type: must be one of {', '.join(ACCOUNT_TYPES)} (got {kind!r})")

@@ -65,7 +65,16 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     const type = response.headers.get("Content-Type") || "";
     if (!response.ok || !type.startsWith("text/event-stream")) {
-      form.submit(); // the page with the error, shown next to its field
+      if (type.startsWith("text/html")) {
+        // The page with the error next to its field: shown as it came, never sent a second time.
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        document.title = page.title;
+        document.body.replaceWith(document.adoptNode(page.body));
+        const field = document.querySelector("[aria-invalid=true]") || document.getElementById("prompt");
+        if (field) field.focus();
+        return;
+      }
+      form.submit();
       return;
     }
     send.disabled = true;

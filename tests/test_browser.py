@@ -461,12 +461,18 @@ def test_chat_page_shows_the_reply_while_it_streams(live, openai_fake, page):
 
 
 def test_stream_error_is_shown_and_the_prompt_given_back(live, openai_fake, page):
-    """An upstream failure before the stream starts shows the error page's message with the prompt kept."""
+    """An upstream failure before the stream starts shows the error page's message with the prompt kept,
+    and the prompt goes upstream once (the page is shown as it came, not posted a second time)."""
     openai_fake.fail_status = 500
     log_in(page, live, ADMIN_KEY)
-    assert send(page, "will fail") == 502
+    page.locator("#prompt").fill("will fail")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Send", exact=True).click()
+    assert answer.value.status == 502
     expect(page.locator("div.form-errors")).to_be_visible()
     expect(page.locator("#prompt")).to_have_value("will fail")
+    expect(page.locator("#prompt")).to_be_focused()
+    assert len(openai_fake.requests_to(COMPLETIONS)) == 1
 
 
 def test_streamed_reply_with_line_separators_completes(live, openai_fake, page):

@@ -16,7 +16,8 @@ def test_landing_page_has_no_banner_with_a_real_account(make_server, openai_fake
     """Once a real account is enabled the banner goes away."""
     server = make_server([{"name": "real", "type": "openai", "base_url": openai_fake.url}])
     assert "demo</strong> account" not in server.get("/").text
-    assert server.get("/api/health").json() == {"status": "ok", "accounts": 1, "demo_only": False}
+    states = {"ok": 1, "cooling": 0, "needs_attention": 0, "disabled": 0}
+    assert server.get("/api/health").json() == {"status": "ok", "accounts": 1, "demo_only": False, "states": states}
 
 
 def test_unknown_page_is_an_html_404(server):

@@ -138,7 +138,8 @@ class AccountService:
         _admin(actor)
         self.get(actor, name)
         upstream = self.pool.upstreams[name]
-        lease = Lease(upstream, healing=True)
+        lease = Lease(upstream)
+        self.pool.state.used(name)
         started = time.monotonic()
         pieces: list[str] = []
         try:
@@ -150,7 +151,7 @@ class AccountService:
             self.pool.failed(lease, exc)
             outcome = {"ok": False, "error": {"status": exc.status, "code": exc.code, "message": exc.message}}
         else:
-            self.pool.succeeded(lease)
+            self.pool.state.reset(name)  # it works: whatever state it was in, it is ok now
             outcome = {"ok": True, "reply": "".join(pieces)[:TEST_REPLY_CHARS]}
         latency = round((time.monotonic() - started) * 1000, 1)
         return {"name": name, **outcome, "latency_ms": latency, "account": self.get(actor, name).public()}

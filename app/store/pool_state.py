@@ -238,6 +238,12 @@ class SqlPoolState:
             after = _health(db.execute(select(account_health).where(account_health.c.name == name)).first(), name)
         return before, after
 
+    def used(self, name: str) -> None:
+        """Count a request sent outside choose() (an admin's test)."""
+        with self._store.write() as db:
+            _insert_missing(db, account_health, name=name, state="ok", backoff=0.0, requests=0, errors=0)
+            db.execute(_USED, {"n": name, "now": time.time()})
+
     def reset(self, name: str) -> None:
         """Clear an account's cooldown, backoff and needs-attention (an admin re-enabled or fixed it)."""
         with self._store.write() as db:

@@ -17,6 +17,11 @@ PLUS_CHOICES = [
     SelectChoice("true", "Plus accounts"),
     SelectChoice("any", "Any account"),
 ]
+TYPE_CHOICES = [
+    SelectChoice("openai", "openai"),
+    SelectChoice("chatgpt-web", "chatgpt-web"),
+    SelectChoice("demo", "demo"),
+]
 ROLE_CHOICES = [
     SelectChoice("user", "User"),
     SelectChoice("client", "Client (a program)"),
@@ -53,3 +58,28 @@ class UserForm(FlaskForm):
     role = SelectField("Role", choices=ROLE_CHOICES, default="user", validate_choice=False)  # the service checks
     plus = BooleanField("Plus")
     user_id = StringField("Id (optional)")
+
+
+class AccountForm(FlaskForm):
+    """An account's settings as a person edits them; every value is checked by the accounts service.
+
+    Numbers are text here so that whatever was typed reaches the service, which says what is wrong
+    with it; secrets are password fields, which are never filled in when the page is shown again.
+    """
+
+    type = SelectField("Type", choices=TYPE_CHOICES, default="openai", validate_choice=False)  # the service checks
+    model = StringField("Model")
+    base_url = StringField("Base URL")
+    plus = BooleanField("Plus account")
+    enabled = BooleanField("Enabled", default=True)
+    proxy = StringField("Proxy")
+    max_concurrent = StringField("Max concurrent requests")
+    rpm = StringField("Requests per minute")
+    api_key = PasswordField("API key")
+    access_token = PasswordField("Access token")
+    session_token = PasswordField("Session token")
+    auth_base = StringField("Auth base URL")
+
+
+class AddAccountForm(AccountForm):
+    name = StringField("Name", validators=[InputRequired("Type a name for the new account.")])

@@ -16,7 +16,7 @@ from app import auth
 from app.context import services
 from app.errors import AppError
 from app.render import render_markdown
-from app.web import admin, chat
+from app.web import accounts, admin, chat
 from app.web.forms import ConfirmForm, LoginForm
 from app.web.helpers import key_problem, safe_next
 
@@ -141,6 +141,13 @@ def register(app: Flask) -> None:
         (pages["admin_add_user"], "add_user", admin.users, ["GET", "POST"]),
         (pages["admin_users"] + "/<user_id>/key", "rotate", admin.rotate, ["POST"]),
         (pages["admin_users"] + "/<user_id>/delete", "delete_user", admin.delete, ["GET", "POST"]),
+        (pages["admin_accounts"], "accounts", accounts.accounts, ["GET", "POST"]),
+        (pages["admin_accounts"] + "/<name>/edit", "edit_account", accounts.edit, ["GET", "POST"]),
+        (pages["admin_accounts"] + "/<name>/enable", "enable_account", accounts.enable, ["POST"]),
+        (pages["admin_accounts"] + "/<name>/disable", "disable_account", accounts.disable, ["POST"]),
+        (pages["admin_accounts"] + "/<name>/clear", "clear_account", accounts.clear, ["POST"]),
+        (pages["admin_accounts"] + "/<name>/test", "test_account", accounts.test, ["POST"]),
+        (pages["admin_accounts"] + "/<name>/delete", "delete_account", accounts.delete, ["GET", "POST"]),
     ]
     bp = Blueprint("web", __name__)  # one per app: tests build many apps, each with its own paths
     for path, endpoint, view, methods in rules:
