@@ -7,10 +7,12 @@ work that never waits on a socket holds all of them.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 PAUSE_EVERY = 0.005  # seconds of work in a loop before it lets the worker's other connections run
+log = logging.getLogger(__name__)
 
 
 def under_gevent() -> bool:
@@ -42,3 +44,21 @@ class Pacer:
         if time.monotonic() - self.last > PAUSE_EVERY:
             let_others_run()
             self.last = time.monotonic()
+
+
+def soon(work, *args) -> None:
+    """Run bookkeeping that no answer waits for: under gevent in a greenlet of its own, which runs once this
+    one waits (after its answer has been written); elsewhere at once. A failure is logged, never raised."""
+
+    def run() -> None:
+        try:
+            work(*args)
+        except Exception:
+            log.exception("bookkeeping after a request failed")
+
+    if under_gevent():
+        from gevent import spawn
+
+        spawn(run)
+    else:
+        run()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from app.alerts import Alerts
 from app.config import Account
+from app.cooperative import soon
 from app.errors import Conflict, Forbidden, NoAccountAvailable, NotFound
 from app.store.pool_state import Candidate, Choice, Health, SqlPoolState
 from app.upstream import UPSTREAMS, Upstream, build
@@ -30,6 +31,14 @@ STATES = ("ok", "cooling", "needs_attention", "disabled")
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def back_in(health: Health | None) -> float | None:
+    """Seconds until a resting account takes requests again (None: not resting, or not for a known time)."""
+    if health is None or health.state == "needs_attention" or health.cooling_until is None:
+        return None
+    left = health.cooling_until - time.time()
+    return left if left > 0 else None
 
 
 def class_of(account: Account) -> str:
@@ -206,20 +215,22 @@ class Pool:
             self.state.renew(lease.lease)
 
     def succeeded(self, lease: Lease) -> None:
+        """The request went well: give its lease back (and clear a backoff) once its answer is on its way."""
         if lease.tracked:
-            self.state.release(lease.name, lease.lease, healed=lease.healing)
+            soon(self.state.release, lease.name, lease.lease, lease.healing)
 
     def released(self, lease: Lease) -> None:
         """The request ended with no verdict on the account (its caller left, or it was the caller's fault)."""
         if lease.tracked:
-            self.state.release(lease.name, lease.lease)
+            soon(self.state.release, lease.name, lease.lease)
 
-    def failed(self, lease: Lease, exc) -> None:
-        """Count an upstream failure against its account, as its fault says."""
+    def failed(self, lease: Lease, exc) -> float | None:
+        """Count an upstream failure against its account, as its fault says; return the seconds until the
+        account comes back, if it rests for a known time."""
         fault = getattr(exc, "fault", "transient")
         if not lease.tracked or fault == "caller":
             self.released(lease)
-            return
+            return None
         rules = self.health_rules
 
         def cooling(before: Health) -> tuple[float | None, float]:
@@ -233,6 +244,7 @@ class Pool:
 
         _before, after = self.state.fail(lease.name, lease.lease, exc.message, cooling, fault == "credentials")
         self._alert(lease.upstream.account, after)
+        return back_in(after)
 
     def _alert(self, account: Account, after: Health) -> None:
         """Tell the webhook, once per event, that an account needs attention or that its class has none left."""

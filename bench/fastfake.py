@@ -12,6 +12,15 @@ possible. Any POST whose path ends in /chat/completions is answered:
 The knob: when the last user message contains `slow:N:MS` the stream sends N content chunks, one
 every MS milliseconds (so bench/run.py can hold 1,000 streams open at once). It works straight
 and through the server alike, since the server passes the prompt on to the upstream.
+
+For bench/failover.py:
+
+    python bench/fastfake.py --name b --log arrivals-b.txt --fail-429 --retry-after 30
+
+--name TAG ends every reply's text with ` @TAG`, so a caller that is not told the account (/v1)
+can still tell which upstream answered; --log PATH writes one line per chat request as it
+arrives, `<unix time> <status>`; --fail-429 answers every chat with OpenAI's 429 (its JSON error
+body, `Retry-After: N` from --retry-after, keep-alive).
 """
 
 from __future__ import annotations
@@ -26,6 +35,24 @@ import uuid
 
 REPLY_PIECES = ["piece-1 ", "piece-2 ", "piece-3 ", "piece-4"]  # run.py looks for "piece-" as the first text
 SLOW = re.compile(r"slow:(\d+):(\d+)")
+RATE_LIMITED = {  # what api.openai.com answers past a rate limit
+    "error": {
+        "message": "Rate limit reached for fake-model in organization org-bench on requests per min (RPM): "
+        "Limit 3, Used 3, Requested 1. Please try again in 30s.",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+
+
+class Options:
+    """The process's --name, --log and --fail-429 (set once in main)."""
+
+    tag = ""
+    log = None  # a line-buffered file
+    fail_429 = False
+    retry_after = 30
 
 
 def chunk_frame(data: str) -> bytes:
@@ -49,7 +76,9 @@ class Reply:
         users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         last = users[-1] if users else ""
         found = SLOW.search(last) if isinstance(last, str) else None
-        self.pieces = [f"piece-{i + 1} " for i in range(int(found[1]))] if found else REPLY_PIECES
+        self.pieces = [f"piece-{i + 1} " for i in range(int(found[1]))] if found else list(REPLY_PIECES)
+        if Options.tag:
+            self.pieces[-1] += f" @{Options.tag}"
         self.delay = int(found[2]) / 1000 if found else 0.0
         self.usage = {"prompt_tokens": 3, "completion_tokens": len(self.pieces), "total_tokens": 3 + len(self.pieces)}
 
@@ -87,6 +116,12 @@ def simple(status: str, text: str) -> bytes:
     return head(status, "text/plain", f"Content-Length: {len(data)}\r\n") + data
 
 
+def rate_limited() -> bytes:
+    data = json.dumps(RATE_LIMITED).encode()
+    extra = f"Retry-After: {Options.retry_after}\r\nContent-Length: {len(data)}\r\n"
+    return head("429 Too Many Requests", "application/json", extra) + data
+
+
 class FakeProtocol(asyncio.Protocol):
     """HTTP/1.1 with keep-alive, one request at a time per connection (no pipelining needed)."""
 
@@ -118,13 +153,18 @@ class FakeProtocol(asyncio.Protocol):
         write = self.transport.write
         if method != "POST" or not path.split("?")[0].endswith("/chat/completions"):
             write(simple("404 Not Found", "not found"))
+        elif Options.fail_429:
+            self.arrived("429")
+            write(rate_limited())
         else:
             try:
                 body = json.loads(raw)
                 reply = Reply(body)
             except (ValueError, AttributeError, TypeError):
+                self.arrived("400")
                 write(simple("400 Bad Request", "the body must be a JSON object"))
             else:
+                self.arrived("200")
                 if not body.get("stream"):
                     write(reply.whole())
                 elif reply.delay:
@@ -135,6 +175,12 @@ class FakeProtocol(asyncio.Protocol):
                     write(reply.start() + b"".join(reply.chunk({"content": p}) for p in reply.pieces) + reply.end())
         if close:
             self.transport.close()
+
+    @staticmethod
+    def arrived(status: str) -> None:
+        """Log a chat request (its whole body is in, it is about to be answered) with --log."""
+        if Options.log:
+            Options.log.write(f"{time.time():.6f} {status}\n")
 
     async def slow_stream(self, reply: Reply, close: bool):
         try:
@@ -163,7 +209,14 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--name", default="", help="end every reply with ' @NAME'")
+    parser.add_argument("--log", help="append '<unix time> <status>' for every chat request as it arrives")
+    parser.add_argument("--fail-429", action="store_true", help="answer every chat with 429 rate_limit_exceeded")
+    parser.add_argument("--retry-after", type=int, default=30, help="the 429's Retry-After, in seconds")
     args = parser.parse_args()
+    Options.tag, Options.fail_429, Options.retry_after = args.name, args.fail_429, args.retry_after
+    if args.log:
+        Options.log = open(args.log, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.port))
 

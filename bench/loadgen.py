@@ -10,6 +10,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TEXT_MARKER = b"piece-"  # every piece of reply text from bench/fastfake.py holds it
@@ -88,10 +89,14 @@ class CellResult:
 
 
 async def run_cell(
-    host: str, port: int, request: bytes, total: int, concurrency: int, done_marker: bytes
+    host: str, port: int, request: bytes | Callable[[int], bytes], total: int, concurrency: int, done_marker: bytes
 ) -> CellResult:
     """Send `total` copies of `request` from `concurrency` workers, each on its own keep-alive
-    connection; a reply counts when it is a 200 whose body holds done_marker."""
+    connection; a reply counts when it is a 200 whose body holds done_marker.
+
+    request may be a function of the request's number (0, 1, ...) instead, e.g. to spread
+    follow-ups over several conversations."""
+    build = request if callable(request) else (lambda _number: request)
     left = total
     replies: list[Reply] = []
     errors: Counter = Counter()
@@ -100,11 +105,11 @@ async def run_cell(
         nonlocal left
         conn = None
         while left > 0:
-            left -= 1
+            number, left = total - left, left - 1
             try:
                 if conn is None:
                     conn = await asyncio.open_connection(host, port)
-                reply = await exchange(*conn, request)
+                reply = await exchange(*conn, build(number))
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
                 errors[type(exc).__name__] += 1
                 conn = close(conn)

@@ -31,7 +31,8 @@ What is measured, in one run so the numbers compare fairly:
    answers other requests.
 3. The targets, each marked PASS or MISS.
 
-bench/pages.py reuses ADMIN_KEY, FakeOpenAI, load and start_server from here.
+bench/pages.py reuses ADMIN_KEY, FakeOpenAI, load and start_server from here; bench/compare.py and
+bench/failover.py reuse the server, the fake and the routes.
 """
 
 from __future__ import annotations
@@ -76,23 +77,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path, upstream_url: str, server: dict | None = None) -> tuple[subprocess.Popen, str]:
+def openai_account(name: str, upstream_url: str) -> dict:
+    return {"name": name, "type": "openai", "base_url": upstream_url, "api_key": "sk-bench", "model": "fake-model"}
+
+
+def start_server(
+    folder: Path,
+    upstream_url: str,
+    server: dict | None = None,
+    root: Path = ROOT,
+    accounts: list[dict] | None = None,
+) -> tuple[subprocess.Popen, str]:
     """Start `main.py` on a free port with one openai account at upstream_url; wait until it answers.
 
-    server: what goes into the settings' "server" section (empty: the settings defaults)."""
+    server: what goes into the settings' "server" section (empty: the settings defaults).
+    root: the source tree whose main.py runs (bench/compare.py passes an older commit's).
+    accounts: the settings' accounts instead of the one at upstream_url (bench/failover.py)."""
     port = free_port()
     settings = {
         "app_secret": "bench",
-        "accounts": [
-            {"name": "fake", "type": "openai", "base_url": upstream_url, "api_key": "sk-bench", "model": "fake-model"}
-        ],
+        "accounts": accounts or [openai_account("fake", upstream_url)],
         "server": dict(server or {}),
         "max_connections_per_address": 0,  # every load-generator connection comes from 127.0.0.1
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     with (folder / "server.log").open("w") as log:  # the access log too: read it when something fails
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "--settings", str(folder / "settings.json"), "--port", str(port)],
+            [sys.executable, str(root / "main.py"), "--settings", str(folder / "settings.json"), "--port", str(port)],
             env={**os.environ, "ADMIN_API_KEY": ADMIN_KEY},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -149,16 +160,20 @@ def load(send, total: int, concurrency: int) -> dict:
 # -- the fake upstream and the measuring helpers -----------------------------------------------
 
 
-def start_fake(folder: Path) -> tuple[subprocess.Popen, int]:
-    """Run bench/fastfake.py in its own process; return it and its port."""
-    with (folder / "fake.log").open("w") as log:
+def start_fake(folder: Path, options: tuple[str, ...] = (), name: str = "fake") -> tuple[subprocess.Popen, int]:
+    """Run bench/fastfake.py (with options) in its own process; return it and its port. Its stderr
+    goes to <folder>/<name>.log."""
+    with (folder / f"{name}.log").open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "fastfake.py"), "--port", "0"], stdout=subprocess.PIPE, stderr=log, text=True
+            [sys.executable, str(BENCH / "fastfake.py"), "--port", "0", *options],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
         )
     line = proc.stdout.readline()  # "port N" once it listens
     if not line.startswith("port "):
         proc.kill()
-        raise SystemExit("the fake upstream did not start:\n" + (folder / "fake.log").read_text())
+        raise SystemExit("the fake upstream did not start:\n" + (folder / f"{name}.log").read_text())
     return proc, int(line.split()[1])
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvailable, UpstreamError, UpstreamTimeout
-from app.pool import PLUS_MODES, Lease, Pool, class_of, token_hash
+from app.pool import PLUS_MODES, Lease, Pool, back_in, class_of, token_hash
 from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
 from app.store.conversations import Conversation, Message, SqlConversationStore
@@ -228,9 +228,14 @@ class ChatService:
         lease = self.pool.take_pinned(conv.account_name)
         if lease is not None:
             return lease, replace_
-        if replace_ is not None:
-            return replace_([conv.account_name]), replace_
         _account, state, health = self.pool.pinned(conv.account_name)
+        if replace_ is not None:
+            try:
+                return replace_([conv.account_name]), replace_
+            except NoAccountAvailable as nowhere:  # nothing else can carry it: say when its own is back
+                if nowhere.retry_after is None:
+                    nowhere.retry_after = back_in(health)
+                raise
         if state == "ok":  # it came back between the two looks
             lease = self.pool.take_pinned(conv.account_name)
             if lease is not None:
@@ -329,7 +334,7 @@ class ChatService:
                             renewed = time.monotonic()
                     yield event
             except (UpstreamError, UpstreamTimeout) as exc:
-                self.pool.failed(lease, exc)
+                exc.retry_after = self.pool.failed(lease, exc)  # when this account is back, if it rests
                 if said or plan.replace is None or exc.fault == "caller" or time.monotonic() > deadline:
                     raise
                 plan.lease = self._instead(plan, tried, exc)
@@ -346,8 +351,9 @@ class ChatService:
         """The next account for a turn whose account failed before its first byte; the failure if none is left."""
         try:
             lease = plan.replace(tried)
-        except NoAccountAvailable as nothing:
-            failure.retry_after = nothing.retry_after  # the caller learns what failed, and when to come back
+        except NoAccountAvailable as nothing:  # the caller learns what failed, and when to come back
+            known = [t for t in (nothing.retry_after, failure.retry_after) if t is not None]
+            failure.retry_after = min(known) if known else None
             raise failure from None
         log.info("account %r failed before its first byte; the turn goes to %r", tried[-1], lease.name)
         plan.turn = replace(plan.turn, model=lease.upstream.account.model)

@@ -89,6 +89,14 @@ _USED = (
     .where(account_health.c.name == bindparam("n"))
     .values(requests=account_health.c.requests + 1, last_used=bindparam("now"))
 )
+_OLD_HITS = delete(account_hits).where(account_hits.c.name == bindparam("n"), account_hits.c.at <= bindparam("before"))
+_NTH_HIT = (  # the rpm-th most recent request of the last minute, if there are that many
+    select(account_hits.c.at)
+    .where(account_hits.c.name == bindparam("n"))
+    .order_by(account_hits.c.at.desc())
+    .limit(1)
+    .offset(bindparam("skip"))
+)
 _FLYING = (
     select(func.count())
     .select_from(account_leases)
@@ -167,16 +175,19 @@ class SqlPoolState:
         with self._store.write() as db:
             start = _advance(db, cursor) if cursor else 0
             rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
-            usable, soonest, limited = 0, None, True
-            for step in range(len(candidates)):
-                candidate = candidates[(start + step) % len(candidates)]
+            healthy, soonest, limited = [], None, True
+            for candidate in candidates:
                 health = _health(rows.get(candidate.name), candidate.name)
-                if not health.usable(now):
-                    if health.cooling_until is not None:
-                        soonest = _earliest(soonest, health.cooling_until)
-                    limited = limited and _rate_limited(health)
+                if health.usable(now):
+                    healthy.append((candidate, health))
                     continue
-                usable += 1
+                if health.cooling_until is not None:
+                    soonest = _earliest(soonest, health.cooling_until)
+                limited = limited and _rate_limited(health)
+            usable = len(healthy)
+            # Turns go round among the healthy ones, so a resting account's share is spread evenly.
+            for step in range(usable):
+                candidate, health = healthy[(start + step) % usable]
                 wait = _room(db, candidate, now)
                 if wait:
                     soonest = _earliest(soonest, now + wait)
@@ -324,13 +335,10 @@ def _room(db, candidate: Candidate, now: float) -> float:
         if flying >= candidate.max_concurrent:
             return 1.0  # a request ends at some point: look again soon
     if candidate.rpm:
-        db.execute(delete(account_hits).where(account_hits.c.name == candidate.name, account_hits.c.at <= now - WINDOW))
-        hits = db.execute(
-            select(account_hits.c.at).where(account_hits.c.name == candidate.name).order_by(account_hits.c.at)
-        ).scalars()
-        hits = list(hits)
-        if len(hits) >= candidate.rpm:
-            return max(0.001, hits[len(hits) - candidate.rpm] + WINDOW - now)
+        db.execute(_OLD_HITS, {"n": candidate.name, "before": now - WINDOW})
+        oldest = db.execute(_NTH_HIT, {"n": candidate.name, "skip": candidate.rpm - 1}).scalar()
+        if oldest is not None:  # rpm requests in the last minute: room when the oldest of them leaves it
+            return max(0.001, oldest + WINDOW - now)
     return 0.0
 
 
