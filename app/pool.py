@@ -186,7 +186,12 @@ class Pool:
         while True:
             choice = self.state.choose(cursor, candidates) if candidates else Choice(None)
             if choice.name is not None:
-                return Lease(self.upstreams[choice.name], choice.lease, choice.healing)
+                upstream = self.upstreams.get(choice.name)
+                if upstream is not None:
+                    return Lease(upstream, choice.lease, choice.healing)
+                self.state.release(choice.name, choice.lease)  # removed meanwhile: choose among the rest
+                candidates = [c for c in candidates if c.name != choice.name]
+                continue
             wait = None if choice.soonest is None else max(1.0, choice.soonest - time.time())
             label = f"{what} " if what and what != "any" else ""
             if choice.usable == 0:
@@ -273,11 +278,11 @@ class Pool:
 
     def report(self) -> list[tuple[Account, Health, str]]:
         """Every configured account with its health and its state, in settings order."""
-        healths = self.state.health(list(self.accounts))
+        accounts = list(self.accounts.values())  # one view: configure() may swap the dict meanwhile
+        healths = self.state.health([a.name for a in accounts])
         now = time.time()
         return [
-            (a, healths[a.name], healths[a.name].current_state(now) if a.enabled else "disabled")
-            for a in self.accounts.values()
+            (a, healths[a.name], healths[a.name].current_state(now) if a.enabled else "disabled") for a in accounts
         ]
 
     def counts(self) -> dict[str, int]:

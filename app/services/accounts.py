@@ -136,8 +136,9 @@ class AccountService:
     def test(self, actor: User, name: str) -> dict:
         """Send one tiny request through the account; answer with how it went (and update its health)."""
         _admin(actor)
-        self.get(actor, name)
-        upstream = self.pool.upstreams[name]
+        upstream = self.pool.upstreams.get(name)
+        if upstream is None:
+            raise NotFound(f"no account is named {name!r}", param="name")
         lease = Lease(upstream)
         self.pool.state.used(name)
         started = time.monotonic()
