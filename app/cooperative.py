@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 PAUSE_EVERY = 0.005  # seconds of work in a loop before it lets the worker's other connections run
@@ -46,19 +47,21 @@ class Pacer:
             self.last = time.monotonic()
 
 
-def soon(work, *args) -> None:
-    """Run bookkeeping that no answer waits for: under gevent in a greenlet of its own, which runs once this
-    one waits (after its answer has been written); elsewhere at once. A failure is logged, never raised."""
+def later(seconds: float, work) -> None:
+    """Run work once, seconds from now, beside whatever runs then (a greenlet under gevent, else a thread).
+    A failure is logged, never raised."""
 
     def run() -> None:
         try:
-            work(*args)
+            work()
         except Exception:
-            log.exception("bookkeeping after a request failed")
+            log.exception("delayed work failed")
 
     if under_gevent():
-        from gevent import spawn
+        from gevent import spawn_later
 
-        spawn(run)
+        spawn_later(seconds, run)
     else:
-        run()
+        timer = threading.Timer(seconds, run)
+        timer.daemon = True
+        timer.start()

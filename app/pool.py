@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from app.alerts import Alerts
 from app.config import Account
-from app.cooperative import soon
 from app.errors import Conflict, Forbidden, NoAccountAvailable, NotFound
 from app.store.pool_state import Candidate, Choice, Health, SqlPoolState
 from app.upstream import UPSTREAMS, Upstream, build
@@ -220,14 +219,14 @@ class Pool:
             self.state.renew(lease.lease)
 
     def succeeded(self, lease: Lease) -> None:
-        """The request went well: give its lease back (and clear a backoff) once its answer is on its way."""
+        """The request went well: give its lease back, and clear the account's backoff if it had one."""
         if lease.tracked:
-            soon(self.state.release, lease.name, lease.lease, lease.healing)
+            self.state.release(lease.name, lease.lease, healed=lease.healing)
 
     def released(self, lease: Lease) -> None:
         """The request ended with no verdict on the account (its caller left, or it was the caller's fault)."""
         if lease.tracked:
-            soon(self.state.release, lease.name, lease.lease)
+            self.state.release(lease.name, lease.lease)
 
     def failed(self, lease: Lease, exc) -> float | None:
         """Count an upstream failure against its account, as its fault says; return the seconds until the
@@ -281,9 +280,7 @@ class Pool:
         accounts = list(self.accounts.values())  # one view: configure() may swap the dict meanwhile
         healths = self.state.health([a.name for a in accounts])
         now = time.time()
-        return [
-            (a, healths[a.name], healths[a.name].current_state(now) if a.enabled else "disabled") for a in accounts
-        ]
+        return [(a, healths[a.name], healths[a.name].current_state(now) if a.enabled else "disabled") for a in accounts]
 
     def counts(self) -> dict[str, int]:
         """How many accounts are in each state."""

@@ -8,6 +8,7 @@ candidates' health and room are read, and the chosen account's lease and request
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.cooperative import later
 from app.store.conversations import metadata, pool_cursors
 
 account_health = Table(
@@ -73,6 +75,7 @@ alerts_sent = Table(
 )
 
 WINDOW = 60.0  # seconds an rpm limit counts over
+FLUSH_AFTER = 0.05  # seconds a finished request's lease may wait for the next write before one of its own
 
 # The statements of the hot path, built once: building a statement costs more than running it on SQLite.
 _STEP = (
@@ -84,6 +87,7 @@ _STEP = (
 _HEALTH_OF = select(account_health).where(account_health.c.name.in_(bindparam("names", expanding=True)))
 _LEASE = insert(account_leases).values(lease_id=bindparam("lease"), name=bindparam("n"), expires_at=bindparam("until"))
 _UNLEASE = delete(account_leases).where(account_leases.c.lease_id == bindparam("lease"))
+_UNLEASE_MANY = delete(account_leases).where(account_leases.c.lease_id.in_(bindparam("leases", expanding=True)))
 _USED = (
     update(account_health)
     .where(account_health.c.name == bindparam("n"))
@@ -161,6 +165,9 @@ class SqlPoolState:
     def __init__(self, store, lease_seconds: float):
         self._store = store
         self.lease_seconds = lease_seconds
+        self._pending: list[str] = []  # leases of finished requests, deleted with the next write
+        self._pending_lock = threading.Lock()
+        self._flush_armed = False
         metadata.create_all(store.engine)
 
     # -- choosing ----------------------------------------------------------------------------
@@ -173,6 +180,7 @@ class SqlPoolState:
         now = time.time() if now is None else now
         names = [c.name for c in candidates]
         with self._store.write() as db:
+            self._write_finished(db)
             start = _advance(db, cursor) if cursor else 0
             rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
             healthy, soonest, limited = [], None, True
@@ -206,6 +214,30 @@ class SqlPoolState:
 
     # -- after a request ---------------------------------------------------------------------
 
+    def _finished(self, lease: str) -> None:
+        with self._pending_lock:
+            self._pending.append(lease)
+            if self._flush_armed:
+                return
+            self._flush_armed = True
+        later(FLUSH_AFTER, self.flush)
+
+    def _write_finished(self, db) -> None:
+        """Inside a write transaction: delete the leases of this process's finished requests."""
+        with self._pending_lock:
+            done, self._pending = self._pending, []
+        if done:
+            db.execute(_UNLEASE_MANY, {"leases": done})
+
+    def flush(self) -> None:
+        """Write what finished requests left pending (the timer's job when no choice came first)."""
+        with self._pending_lock:
+            self._flush_armed = False
+            if not self._pending:
+                return
+        with self._store.write() as db:
+            self._write_finished(db)
+
     def renew(self, lease: str) -> None:
         with self._store.write() as db:
             db.execute(
@@ -215,8 +247,18 @@ class SqlPoolState:
             )
 
     def release(self, name: str, lease: str | None, healed: bool = False) -> None:
-        """End a request that went well (or was left by its caller); healed clears the account's backoff."""
+        """End a request that went well (or was left by its caller); healed clears the account's backoff.
+
+        A plain release is not a transaction of its own: the lease is deleted by this process's next
+        write to the pool (its next choice, typically a moment later), or FLUSH_AFTER from now if none
+        comes, so a request's end costs one DELETE in a transaction that happens anyway.
+        """
+        if not healed:
+            if lease:
+                self._finished(lease)
+            return
         with self._store.write() as db:
+            self._write_finished(db)
             if lease:
                 db.execute(_UNLEASE, {"lease": lease})
             if healed:
@@ -234,8 +276,9 @@ class SqlPoolState:
         """
         now = time.time()
         with self._store.write() as db:
+            self._write_finished(db)
             if lease:
-                db.execute(delete(account_leases).where(account_leases.c.lease_id == lease))
+                db.execute(_UNLEASE, {"lease": lease})
             row = db.execute(select(account_health).where(account_health.c.name == name)).first()
             before = _health(row, name)
             changes = {"last_error": message[:500], "last_error_at": now, "errors": account_health.c.errors + 1}
@@ -276,6 +319,7 @@ class SqlPoolState:
 
     def health(self, names: list[str]) -> dict[str, Health]:
         """Every named account's health and requests in flight (accounts never used read as fresh)."""
+        self.flush()  # this process's finished requests are not in flight
         now = time.time()
         with self._store.engine.connect() as db:
             rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
