@@ -127,6 +127,7 @@ ACCOUNT_KEYS = {
 }
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9 ._@+-]{0,127}")  # it goes in paths: /api/accounts/<name>
+MAX_LIMIT = 1_000_000  # the most max_concurrent or rpm may say (the database counts in 64 bits)
 PROXY_SCHEMES = ("socks5", "socks5h", "http", "https")
 WORKER_CLASSES = ("gevent", "gthread")
 NUMBER = (int, float)
@@ -247,8 +248,9 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
     if kind == "chatgpt-web" and not (raw.get("access_token") or raw.get("session_token")):
         raise ConfigError(f"{where}.access_token: required for type 'chatgpt-web' (or a session_token)")
     for limit in ("max_concurrent", "rpm"):
-        if raw.get(limit) is not None and raw[limit] < 1:
-            raise ConfigError(f"{where}.{limit}: must be 1 or more (or null for no limit)")
+        value = raw.get(limit)
+        if isinstance(value, bool) or (value is not None and not 1 <= value <= MAX_LIMIT):
+            raise ConfigError(f"{where}.{limit}: must be a whole number from 1 to {MAX_LIMIT} (or null for no limit)")
     auth_base = raw.get("auth_base", DEFAULT_AUTH_BASE)
     if urlsplit(auth_base).scheme not in ("http", "https") or not urlsplit(auth_base).hostname:
         raise ConfigError(f"{where}.auth_base: must be an http(s) URL such as {DEFAULT_AUTH_BASE}")

@@ -13,6 +13,7 @@ from the failure's `fault` (app/errors.py).
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ from app.store.pool_state import Candidate, Choice, Health, SqlPoolState
 from app.upstream import UPSTREAMS, Upstream, build
 
 PLUS_MODES = ("false", "true", "any")
+log = logging.getLogger(__name__)
 STATES = ("ok", "cooling", "needs_attention", "disabled")
 
 
@@ -247,7 +249,10 @@ class Pool:
             return backoff, backoff
 
         _before, after = self.state.fail(lease.name, lease.lease, exc.message, cooling, fault == "credentials")
-        self._alert(lease.upstream.account, after)
+        try:
+            self._alert(lease.upstream.account, after)
+        except Exception:  # an alert is a nicety: never let it fail the request that saw the failure
+            log.exception("could not decide on an alert for account %r", lease.name)
         return back_in(after)
 
     def _alert(self, account: Account, after: Health) -> None:

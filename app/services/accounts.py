@@ -166,9 +166,14 @@ class AccountService:
         except ConfigError as exc:
             log.error("settings.json changed but is not valid; the accounts in use stay: %s", exc)
             return
-        if settings is not None:
+        if settings is None:
+            return
+        try:
             self.pool.configure(settings["accounts"], settings)
-            log.info("settings.json changed: %d accounts now", len(settings["accounts"]))
+        except Exception:  # whatever the new accounts do wrong, the worker goes on with the ones it has
+            log.exception("settings.json changed but its accounts could not be set up; the accounts in use stay")
+            return
+        log.info("settings.json changed: %d accounts now", len(settings["accounts"]))
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -233,8 +233,8 @@ class ChatService:
             try:
                 return replace_([conv.account_name]), replace_
             except NoAccountAvailable as nowhere:  # nothing else can carry it: say when its own is back
-                if nowhere.retry_after is None:
-                    nowhere.retry_after = back_in(health)
+                if nowhere.retry_after is None:  # when its own is back, or a fair guess (as Pool._take makes)
+                    nowhere.retry_after = back_in(health) or 30
                 raise
         if state == "ok":  # it came back between the two looks
             lease = self.pool.take_pinned(conv.account_name)

@@ -8,6 +8,7 @@ candidates' health and room are read, and the chosen account's lease and request
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -179,8 +181,7 @@ class SqlPoolState:
         """
         now = time.time() if now is None else now
         names = [c.name for c in candidates]
-        with self._store.write() as db:
-            self._write_finished(db)
+        with self._writing() as db:
             start = _advance(db, cursor) if cursor else 0
             rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
             healthy, soonest, limited = [], None, True
@@ -222,12 +223,21 @@ class SqlPoolState:
             self._flush_armed = True
         later(FLUSH_AFTER, self.flush)
 
-    def _write_finished(self, db) -> None:
-        """Inside a write transaction: delete the leases of this process's finished requests."""
+    @contextlib.contextmanager
+    def _writing(self):
+        """A pool write transaction that also deletes the leases of this process's finished requests
+        (put back to wait for the next one if the transaction fails)."""
         with self._pending_lock:
             done, self._pending = self._pending, []
-        if done:
-            db.execute(_UNLEASE_MANY, {"leases": done})
+        try:
+            with self._store.write() as db:
+                if done:
+                    db.execute(_UNLEASE_MANY, {"leases": done})
+                yield db
+        except BaseException:
+            with self._pending_lock:
+                self._pending[:0] = done
+            raise
 
     def flush(self) -> None:
         """Write what finished requests left pending (the timer's job when no choice came first)."""
@@ -235,8 +245,8 @@ class SqlPoolState:
             self._flush_armed = False
             if not self._pending:
                 return
-        with self._store.write() as db:
-            self._write_finished(db)
+        with self._writing():
+            pass
 
     def renew(self, lease: str) -> None:
         with self._store.write() as db:
@@ -257,14 +267,18 @@ class SqlPoolState:
             if lease:
                 self._finished(lease)
             return
-        with self._store.write() as db:
-            self._write_finished(db)
+        with self._writing() as db:
             if lease:
                 db.execute(_UNLEASE, {"lease": lease})
             if healed:
                 db.execute(
                     update(account_health)
-                    .where(account_health.c.name == name, account_health.c.state != "needs_attention")
+                    .where(
+                        account_health.c.name == name,
+                        account_health.c.state != "needs_attention",
+                        # a cooldown another request set while this one ran stands
+                        or_(account_health.c.cooling_until.is_(None), account_health.c.cooling_until <= time.time()),
+                    )
                     .values(state="ok", cooling_until=None, backoff=0.0)
                 )
 
@@ -275,8 +289,7 @@ class SqlPoolState:
         transaction so two workers failing at once double the backoff once each, in turn.
         """
         now = time.time()
-        with self._store.write() as db:
-            self._write_finished(db)
+        with self._writing() as db:
             if lease:
                 db.execute(_UNLEASE, {"lease": lease})
             row = db.execute(select(account_health).where(account_health.c.name == name)).first()
@@ -306,14 +319,14 @@ class SqlPoolState:
                 .where(account_health.c.name == name)
                 .values(state="ok", cooling_until=None, backoff=0.0)
             )
-            db.execute(delete(alerts_sent).where(alerts_sent.c.event.like("%:" + name)))
-            db.execute(delete(alerts_sent).where(alerts_sent.c.event.like("class_down:%")))
+            _forget_alerts(db, name)
 
     def forget(self, name: str) -> None:
         """Drop what is kept about an account that was removed."""
         with self._store.write() as db:
             for table in (account_health, account_leases, account_hits):
                 db.execute(delete(table).where(table.c.name == name))
+            _forget_alerts(db, name)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -349,6 +362,12 @@ class SqlPoolState:
         """Advance a round-robin counter shared by every process on this database; return its old value."""
         with self._store.write() as db:
             return _advance(db, name)
+
+
+def _forget_alerts(db, name: str) -> None:
+    """Let the account's own events, and every class's, be told again (the account was reset or removed)."""
+    db.execute(delete(alerts_sent).where(alerts_sent.c.event == f"needs_attention:{name}"))
+    db.execute(delete(alerts_sent).where(alerts_sent.c.event.startswith("class_down:", autoescape=True)))
 
 
 def _advance(db, name: str) -> int:

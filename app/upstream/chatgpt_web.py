@@ -24,6 +24,7 @@ TITLE_BYTES = 65536  # a title answer larger than this is not one
 
 SESSION_COOKIE = "__Secure-next-auth.session-token"
 REFRESH_AHEAD = 300.0  # seconds before its JWT `exp` an access token is renewed (with a session token)
+REFUSAL_HOLDS = 5.0  # seconds a failed renewal is the answer for the requests that waited on it
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -36,7 +37,12 @@ def jwt_expiry(token: str) -> float | None:
     except (ValueError, TypeError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    try:
+        return float(exp)
+    except OverflowError:  # an int too large for a float is no time
+        return None
 
 
 class ChatGPTWebUpstream(Upstream):
@@ -47,6 +53,7 @@ class ChatGPTWebUpstream(Upstream):
         self._token = account.access_token
         self._expires = jwt_expiry(self._token) if self._token else None
         self._refreshing = threading.Lock()
+        self._refused: tuple[str, float, UpstreamError] | None = None  # the last failed renewal of a token
 
     def _headers(self) -> dict:
         return {
@@ -68,19 +75,32 @@ class ChatGPTWebUpstream(Upstream):
         with self._refreshing:
             if self._token != stale:
                 return  # another request renewed it meanwhile
-            data = self.http.get_json(
-                f"{self.account.auth_base}/api/auth/session",
-                {"Cookie": f"{SESSION_COOKIE}={self.account.session_token}", "Accept": "application/json"},
+            refused = self._refused
+            if refused and refused[0] == stale and time.monotonic() - refused[1] < REFUSAL_HOLDS:
+                # the requests that queued behind a failed renewal share its answer instead of asking again
+                raise UpstreamError(refused[2].message, fault=refused[2].fault)
+            try:
+                self._renew()
+            except UpstreamError as exc:
+                self._refused = (stale, time.monotonic(), exc)
+                raise
+            self._refused = None
+
+    def _renew(self) -> None:
+        """Ask the session endpoint for an access token (the caller holds the lock)."""
+        data = self.http.get_json(
+            f"{self.account.auth_base}/api/auth/session",
+            {"Cookie": f"{SESSION_COOKIE}={self.account.session_token}", "Accept": "application/json"},
+        )
+        token = data.get("accessToken")
+        if not isinstance(token, str) or not token:
+            raise UpstreamError(
+                f"account {self.account.name!r}: the session endpoint gave no access token; "
+                "the account's session_token needs to be renewed",
+                fault="credentials",
             )
-            token = data.get("accessToken")
-            if not isinstance(token, str) or not token:
-                raise UpstreamError(
-                    f"account {self.account.name!r}: the session endpoint gave no access token; "
-                    "the account's session_token needs to be renewed",
-                    fault="credentials",
-                )
-            self.http.add_secret(token)
-            self._token, self._expires = token, jwt_expiry(token) or _iso_time(data.get("expires"))
+        self.http.add_secret(token)
+        self._token, self._expires = token, jwt_expiry(token) or _iso_time(data.get("expires"))
 
     def _post(self, url: str, payload: dict):
         """POST with the current access token; on a refusal, renew it from the session token and try once more."""
