@@ -306,7 +306,11 @@ def test_bad_proxy_is_400_by_the_proxy_field_with_the_rest_kept(live, admin_brow
     ("typed", "field", "message"),
     [
         ({"rpm": "many"}, "rpm", 'rpm: must be a whole number or null, got "many"'),
-        ({"max_concurrent": "0"}, "max_concurrent", "max_concurrent: must be 1 or more (or null for no limit)"),
+        (
+            {"max_concurrent": "0"},
+            "max_concurrent",
+            "max_concurrent: must be a whole number from 1 to 1000000 (or null for no limit)",
+        ),
         ({"name": "demo"}, "name", "an account named 'demo' exists already"),
         ({"type": "chatgpt-web"}, "access_token", "required for type 'chatgpt-web'"),
         ({"type": "demo", "api_key": f"sk-{SECRET}"}, "api_key", "api_key: not used by type 'demo'"),
