@@ -65,6 +65,10 @@ class Version:
         return self.module.Message(str(uuid.uuid4()), cid, parent, "prompt", "reply", "m", "a", None)
 
     def cursor(self) -> None:
+        if not hasattr(self.store, "next_cursor"):  # from issue 9 on the cursor is the pool's (SqlPoolState)
+            from app.store.pool_state import SqlPoolState
+
+            self.store.next_cursor = SqlPoolState(self.store, 150.0).next_cursor
         self.store.next_cursor("bench")
 
     def create(self) -> tuple[str, str]:
