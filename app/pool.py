@@ -205,13 +205,14 @@ class Pool:
                 )
                 unavailable.unhealthy = True
                 raise unavailable
-            if time.monotonic() + pause > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise NoAccountAvailable(
                     f"every eligible {label}account is at its limit (max_concurrent or rpm) and none had room "
                     f"within {self.queue_timeout:g} s; try again shortly",
                     retry_after=wait or 1,
                 )
-            time.sleep(pause)  # gevent's sleep under gunicorn: the worker goes on meanwhile
+            time.sleep(min(pause, left))  # gevent's sleep under gunicorn; the last look is at the deadline itself
             pause = min(pause * 2, 0.25)
 
     # -- after a request ---------------------------------------------------------------------
