@@ -167,12 +167,7 @@ class Pool:
         account = self.accounts.get(account_name)
         if account is None or not account.enabled:
             return None
-        try:
-            return self._take(None, [account], "")
-        except NoAccountAvailable as exc:
-            if exc.retry_after is not None and getattr(exc, "unhealthy", False):
-                return None
-            raise
+        return self._take(None, [account], "", unhealthy_is_none=True)
 
     def gone(self, account_name: str, state: str) -> Conflict:
         why = "is no longer configured" if state == "removed" else "is disabled"
@@ -180,8 +175,11 @@ class Pool:
             f"this conversation is pinned to account {account_name!r}, which {why}; start a new conversation"
         )
 
-    def _take(self, cursor: str | None, accounts: list[Account], what: str) -> Lease:
-        """Choose among accounts (round robin by cursor); wait up to queue_timeout while all healthy ones are full."""
+    def _take(self, cursor: str | None, accounts: list[Account], what: str, unhealthy_is_none: bool = False):
+        """Choose among accounts (round robin by cursor); wait up to queue_timeout while all healthy ones are full.
+
+        When none is healthy: NoAccountAvailable, or None with unhealthy_is_none (the caller decides).
+        """
         candidates = [Candidate(a.name, a.max_concurrent, a.rpm) for a in accounts]
         deadline, pause = time.monotonic() + self.queue_timeout, 0.02
         while True:
@@ -196,15 +194,15 @@ class Pool:
             wait = None if choice.soonest is None else max(1.0, choice.soonest - time.time())
             label = f"{what} " if what and what != "any" else ""
             if choice.usable == 0:
+                if unhealthy_is_none:
+                    return None
                 later = f"; the first comes back in {wait:.0f} s" if wait else ""
-                unavailable = NoAccountAvailable(
+                raise NoAccountAvailable(
                     f"every eligible {label}account is unavailable right now (cooling down or needing attention)"
                     f"{later}; try again then",
                     retry_after=wait or 30,
                     rate_limited=choice.rate_limited,
                 )
-                unavailable.unhealthy = True
-                raise unavailable
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NoAccountAvailable(

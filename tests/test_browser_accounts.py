@@ -10,25 +10,14 @@ import json
 import re
 
 import pytest
+import test_browser
 from conftest import ADMIN_KEY
-from playwright.sync_api import Locator, Page, expect, sync_playwright
-from test_browser import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, assert_all_fields_labelled, log_in
+from playwright.sync_api import Locator, Page, expect
+from test_browser import ARTIFACTS, assert_all_fields_labelled, log_in
 
+browser = test_browser.browser  # the one Chromium fixture (a missing Chromium fails: CI installs it)
 SECRET = "sk-s3cr3t-typed-in-chromium"
 FOCUS_RING_JS = "e => getComputedStyle(e).outlineStyle !== 'none' && parseFloat(getComputedStyle(e).outlineWidth) > 0"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One Chromium for the module."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
-    with pytest.MonkeyPatch.context() as env, sync_playwright() as playwright:
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-            env.delenv(name, raising=False)
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

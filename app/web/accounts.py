@@ -7,10 +7,9 @@ included, goes to the service as typed, which says what is wrong with it next to
 
 from __future__ import annotations
 
-import re
-
 from flask import flash, redirect, render_template, request, url_for
 
+from app.api.params import WHOLE
 from app.config import ACCOUNT_TYPES, SECRET_KEYS
 from app.context import services
 from app.errors import AppError, Forbidden
@@ -142,7 +141,7 @@ def _typed(form: AccountForm, key: str) -> str:
 
 def _number(text: str) -> int | str:
     """A whole number as an int; anything else as typed, for the service to refuse with its own words."""
-    return int(text) if re.fullmatch(r"-?[0-9]{1,18}", text) else text
+    return int(text) if WHOLE.fullmatch(text) else text
 
 
 def _added(form: AddAccountForm) -> dict:
