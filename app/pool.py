@@ -151,15 +151,15 @@ class Pool:
             )
         return self._take(klass, accounts, klass)
 
-    def pinned(self, account_name: str) -> tuple[Account | None, str, Health | None]:
-        """Return a conversation's account (None if removed), its state, and its health."""
+    def pinned(self, account_name: str) -> tuple[str, Health | None]:
+        """Return the state of a conversation's account ("removed" if it is gone) and its health."""
         account = self.accounts.get(account_name)
         if account is None:
-            return None, "removed", None
+            return "removed", None
         if not account.enabled:
-            return account, "disabled", None
+            return "disabled", None
         health = self.state.health([account_name])[account_name]
-        return account, health.current_state(time.time()), health
+        return health.current_state(time.time()), health
 
     def take_pinned(self, account_name: str) -> Lease | None:
         """Take a lease on a follow-up's own account, waiting for room as a new conversation would;

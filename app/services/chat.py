@@ -228,7 +228,7 @@ class ChatService:
         lease = self.pool.take_pinned(conv.account_name)
         if lease is not None:
             return lease, replace_
-        _account, state, health = self.pool.pinned(conv.account_name)
+        state, health = self.pool.pinned(conv.account_name)
         if replace_ is not None:
             try:
                 return replace_([conv.account_name]), replace_
