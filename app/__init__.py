@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
-from flask import Flask, request
+from flask import Flask, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -15,9 +15,14 @@ from app import auth, config, errors, limits
 from app.pool import Pool
 from app.services import ChatService, ConversationService, UserService
 from app.services.accounts import AccountService
+from app.services.audit import AuditService
+from app.services.quota import QuotaService
+from app.services.usage import UsageService
 from app.settings_file import SettingsFile
 from app.store import JsonUserStore, SqlConversationStore
+from app.store.audit import SqlAudit, SqlKeyThrottle
 from app.store.pool_state import SqlPoolState
+from app.store.usage import SqlUsage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,11 +74,22 @@ def create_app(
     # A lease outlives any live request on its account, as a turn's claim does (app/services/chat.py).
     pool = Pool(settings["accounts"], settings, SqlPoolState(store, float(settings["timeouts"]["read"]) + 30.0))
     conversations = ConversationService(store)
+    audit = AuditService(SqlAudit(store), _client_address)
+    pool.audit = audit
+    quota = QuotaService(SqlUsage(store), users, settings)
+    throttle = SqlKeyThrottle(store, settings["key_failures_per_minute"])
+    user_service = UserService(
+        users, store, settings["max_users_per_client"], quota=quota, audit=audit, throttle=throttle
+    )
+    usage = UsageService(quota.usage, user_service)
     services = SimpleNamespace(
-        accounts=AccountService(pool, settings_file, settings),
-        users=UserService(users, store, settings["max_users_per_client"]),
+        accounts=AccountService(pool, settings_file, settings, audit),
+        users=user_service,
         conversations=conversations,
-        chat=ChatService(store, pool, conversations, settings),
+        chat=ChatService(store, pool, conversations, settings, quota=quota, usage=usage, on_admit=_limits_in_headers),
+        quota=quota,
+        usage=usage,
+        audit=audit,
         pool=pool,
         store=store,
     )
@@ -86,6 +102,7 @@ def create_app(
 
     errors.register(app)
     limits.install(app)
+    app.after_request(_rate_limit_headers)
     app.before_request(auth.note_arrival)  # first of all: before any key or session is looked up
     app.before_request(services.accounts.refresh)  # settings.json edited elsewhere: seen within a second
     from app.api.routes import register as register_api
@@ -96,3 +113,20 @@ def create_app(
     register_v1(app)
     register_web(app)
     return app
+
+
+def _client_address() -> str | None:
+    """The address of the client being served (after ProxyFix, when behind trusted proxies)."""
+    return request.remote_addr if has_request_context() else None
+
+
+def _limits_in_headers(ticket) -> None:
+    """Keep an admitted turn's x-ratelimit-* headers for its answer (a stream's too: they go before its body)."""
+    if has_request_context():
+        g.rate_limit_headers = QuotaService.headers(ticket)
+
+
+def _rate_limit_headers(response):
+    for name, value in (g.get("rate_limit_headers") or {}).items():
+        response.headers.setdefault(name, value)
+    return response

@@ -48,7 +48,7 @@ def request_key(params: dict) -> str | None:
 
 def caller(params: dict) -> User:
     """Return the user whose key came with the request, or raise Unauthorized."""
-    return services().users.authenticate(request_key(params))
+    return services().users.authenticate(request_key(params), request.remote_addr)
 
 
 def principal(params: dict, create: bool = False, actor: User | None = None) -> Principal:

@@ -30,6 +30,8 @@ ROUTE_DEFAULTS = {
     "accounts": "/api/accounts",
     "account": "/api/accounts/<name>",
     "account_test": "/api/accounts/<name>/test",
+    "usage": "/api/usage",
+    "audit": "/api/audit",
     "recall": "/api/recall",
     "remove_conversation": "/api/remove-conversation",
     "add_user": "/api/client/add-user",
@@ -46,6 +48,8 @@ PAGE_DEFAULTS = {
     "admin_users": "/admin/users",
     "admin_add_user": "/admin/add-user",
     "admin_accounts": "/admin/accounts",
+    "admin_usage": "/admin/usage",
+    "admin_audit": "/admin/audit",
 }
 
 DEFAULTS = {
@@ -91,6 +95,12 @@ DEFAULTS = {
         "backoff_start": 10.0,  # seconds after a first 5xx, refused connection, timeout or cut stream
         "backoff_max": 600.0,  # doubling up to this
     },
+    # Per-user limits by role (app/services/quota.py); a user's own limits override these. None: no limit.
+    "limits": {
+        role: {"requests_per_minute": None, "requests_per_day": None, "tokens_per_day": None}
+        for role in ("admin", "client", "user")
+    },
+    "key_failures_per_minute": 20,  # wrong API keys one client address may send a minute before a 429 (0: no limit)
     "queue_timeout": 10.0,  # seconds a request waits for an account with room (max_concurrent, rpm)
     "alerts": {"webhook_url": None},  # a JSON POST when an account needs attention or a class has none left
     "routes": dict(ROUTE_DEFAULTS),
@@ -128,6 +138,7 @@ ACCOUNT_KEYS = {
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9 ._@+-]{0,127}")  # it goes in paths: /api/accounts/<name>
 MAX_LIMIT = 1_000_000  # the most max_concurrent or rpm may say (the database counts in 64 bits)
+MAX_USER_LIMIT = 10**12  # the most a user's limit may say (tokens a day can be large)
 PROXY_SCHEMES = ("socks5", "socks5h", "http", "https")
 WORKER_CLASSES = ("gevent", "gthread")
 NUMBER = (int, float)
@@ -306,6 +317,8 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
         if key in ("timeouts", "server", "byo_account", "health", "alerts"):
             types = {"proxy": (str, type(None))} if key == "byo_account" else None
             settings[key] = _merge_section(key, DEFAULTS[key], value, types)
+        elif key == "limits":
+            settings[key] = _check_limits_section(value)
         elif key in ("routes", "pages"):
             settings[key] = _merge_section(key, DEFAULTS[key], value)
         elif key == "accounts":
@@ -364,6 +377,26 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
     return settings
 
 
+def check_limit(where: str, value) -> int | None:
+    """A per-user limit: a whole number from 0 (nothing allowed) to MAX_USER_LIMIT, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_USER_LIMIT:
+        raise ConfigError(f"{where}: must be a whole number from 0 to {MAX_USER_LIMIT}, or null for no limit")
+    return value
+
+
+def _check_limits_section(given) -> dict:
+    """limits: {role: {limit: number or null}}, every role and limit optional."""
+    _check_type("limits", given, dict)
+    merged = copy.deepcopy(DEFAULTS["limits"])
+    for role, limits in _known_items("limits", merged, given):
+        _check_type(f"limits.{role}", limits, dict)
+        for name, value in _known_items(f"limits.{role}", merged[role], limits):
+            merged[role][name] = check_limit(f"limits.{role}.{name}", value)
+    return merged
+
+
 def _check_pages(settings: dict) -> None:
     """Page paths are plain absolute paths, and no two routes or pages share one."""
     for name, path in settings["pages"].items():
@@ -384,7 +417,13 @@ def _check_pages(settings: dict) -> None:
     for name in ("max_body_bytes", "max_prompt_chars", "max_upstream_line_bytes", "max_reply_chars"):
         if settings[name] < 1:
             raise ConfigError(f"{name}: must be 1 or more")
-    for name in ("max_connections_per_address", "max_history_chars", "max_render_chars", "max_users_per_client"):
+    for name in (
+        "max_connections_per_address",
+        "max_history_chars",
+        "max_render_chars",
+        "max_users_per_client",
+        "key_failures_per_minute",
+    ):
         if settings[name] < 0:
             raise ConfigError(f"{name}: must be 0 or more")
 

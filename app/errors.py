@@ -7,6 +7,8 @@ AppError                     any error a caller should see (status, code, messag
 ├── NotFound             404 unknown (or someone else's) conversation or user
 ├── Conflict             409 already exists, last admin, pinned account gone
 ├── PayloadTooLarge      413 body over the configured limit
+├── RateLimited          429 a user's (or its client's) limit, or too many wrong keys from one address;
+│                            Retry-After and OpenAI's x-ratelimit-* headers say when and how much
 ├── UpstreamError        502 the upstream answered with an error, or could not be reached
 │   └── StreamCut        502 the upstream's event stream ended before its end marker
 ├── NoAccountAvailable   503 no eligible account for the asked class (Retry-After when one comes back;
@@ -71,6 +73,29 @@ class PayloadTooLarge(AppError):
     status, code = 413, "payload_too_large"
 
 
+class RateLimited(AppError):
+    """A limit refused the request before any upstream was asked; quota: a daily limit (OpenAI's
+    insufficient_quota), else a per-minute one (rate_limit_exceeded)."""
+
+    status, code = 429, "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        headers: dict | None = None,
+        quota: bool = False,
+        param: str | None = None,
+    ):
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+        self.headers = headers or {}
+        self.quota = quota
+        if quota:
+            self.code = "insufficient_quota"
+
+
 FAULTS = ("rate_limited", "credentials", "transient", "caller")
 
 
@@ -126,6 +151,7 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
 
 
 OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"}
+OPENAI_CODE_TYPES = {"insufficient_quota": "insufficient_quota"}  # OpenAI gives these a type of their own
 
 
 def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict:
@@ -134,7 +160,9 @@ def openai_error(status: int, code: str, message: str, param: str | None = None)
         code = "invalid_api_key"
     elif code == "not_found" and param == "model":
         code = "model_not_found"
-    kind = OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    kind = OPENAI_CODE_TYPES.get(code) or OPENAI_TYPES.get(
+        status, "api_error" if status >= 500 else "invalid_request_error"
+    )
     return {"message": message, "type": kind, "param": param, "code": code}
 
 
@@ -168,6 +196,7 @@ def register(app: Flask) -> None:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        response.headers.update(getattr(exc, "headers", None) or {})
         return response
 
     @app.errorhandler(HTTPException)

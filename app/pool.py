@@ -66,6 +66,7 @@ class Pool:
         self.max_line_bytes = settings["max_upstream_line_bytes"]
         self.byo = settings["byo_account"]
         self.state = state
+        self.audit = None  # AuditService, told when an account starts cooling or needs attention
         self.accounts: dict[str, Account] = {}
         self.upstreams: dict[str, Upstream] = {}
         self._byo_lock = threading.Lock()
@@ -247,7 +248,12 @@ class Pool:
             backoff = min(rules["backoff_max"], max(rules["backoff_start"], before.backoff * 2))
             return backoff, backoff
 
-        _before, after = self.state.fail(lease.name, lease.lease, exc.message, cooling, fault == "credentials")
+        before, after = self.state.fail(lease.name, lease.lease, exc.message, cooling, fault == "credentials")
+        now = time.time()
+        state = after.current_state(now)
+        if self.audit is not None and state != "ok" and state != before.current_state(now):
+            until = after.cooling_until if state == "cooling" else None
+            self.audit.record(None, f"account.{state}", lease.name, error=exc.message[:300], fault=fault, until=until)
         try:
             self._alert(lease.upstream.account, after)
         except Exception:  # an alert is a nicety: never let it fail the request that saw the failure

@@ -42,9 +42,10 @@ def key_works(live, key: str) -> bool:
 
 
 def listed_names(live, key: str) -> list[str]:
-    """The sorted usernames GET /api/users answers to key."""
-    response = live.get("/api/users", key)
+    """The sorted usernames GET /api/users answers to key (every page: a shared server holds many)."""
+    response = live.get("/api/users", key, params={"limit": 1000})
     assert response.status_code == 200, response.text
+    assert response.json()["total"] == len(response.json()["users"])
     return sorted(u["username"] for u in response.json()["users"])
 
 

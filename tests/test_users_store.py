@@ -63,7 +63,9 @@ def assert_complete(path: Path) -> dict:
     """Assert the file parses and every user in it has every field with the right type; return the users."""
     users = json.loads(path.read_text())["users"]
     for uid, fields in users.items():
-        assert set(fields) == set(FIELDS) - {"user_id"}, uid
+        # A user's own limits are written only when it has some.
+        assert set(fields) - {"limits"} == set(FIELDS) - {"user_id", "limits"}, uid
+        assert isinstance(fields.get("limits", {}), dict) and fields.get("limits", 1), uid
         assert isinstance(fields["username"], str) and fields["username"], uid
         assert fields["role"] in ("admin", "client", "user"), uid
         assert isinstance(fields["plus"], bool), uid
@@ -343,8 +345,9 @@ def test_users_json_is_one_compact_user_per_line(store, path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith('{"version":1,"gen":2,"users":{') and lines[-1] == "}}"
     assert [json.loads("{" + line.rstrip(",") + "}") for line in lines[1:-1]] == [
-        {u: {k: v for k, v in dataclasses.asdict(make_user(u)).items() if k != "user_id"}} for u in ("a",)
-    ] + [{"b": {k: v for k, v in dataclasses.asdict(store.get("b")).items() if k != "user_id"}}]
+        {u: {k: v for k, v in dataclasses.asdict(make_user(u)).items() if k not in ("user_id", "limits")}}
+        for u in ("a",)
+    ] + [{"b": {k: v for k, v in dataclasses.asdict(store.get("b")).items() if k not in ("user_id", "limits")}}]
     assert store.get("b").username == 'quote " and \\ and \u00e9'
     assert (path.parent / "users.json.journal").stat().st_mode & 0o777 == 0o600
 
@@ -429,3 +432,16 @@ def test_a_file_back_at_an_old_stamp_still_gets_its_changes(tmp_path, monkeypatc
     monkeypatch.setattr(users_json, "_stamp", lambda p: s0 if Path(p) == path else real(p))
     assert reader.get_by_key_hash("hash-a") is None
     assert reader.get_by_key_hash("hash-three").user_id == "a"
+
+
+def test_own_limits_are_kept_and_files_without_them_still_load(path):
+    """A user's own limits survive a write and a fresh read; a users.json from before limits loads as no limits."""
+    store = JsonUserStore(path)
+    store.add(make_user("a"))
+    store.update("a", lambda user, _all: user.replace(limits={"requests_per_minute": 3, "tokens_per_day": None}))
+    again = JsonUserStore(path)
+    assert again.get("a").limits == {"requests_per_minute": 3, "tokens_per_day": None}
+    assert assert_complete(path)["a"]["limits"] == {"requests_per_minute": 3, "tokens_per_day": None}
+    store.update("a", lambda user, _all: user.replace(limits=None))
+    assert "limits" not in assert_complete(path)["a"]  # the file of a user without limits is as it was
+    assert JsonUserStore(path).get("a").limits is None

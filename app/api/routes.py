@@ -7,6 +7,7 @@ from flask import Flask, jsonify, request
 from app import auth
 from app.api.params import choice, flag, json_object, number, request_params, text, token
 from app.context import services
+from app.errors import BadRequest
 from app.pool import PLUS_MODES
 from app.render import reply_only_response
 from app.sse import chat_stream
@@ -67,19 +68,39 @@ def users():
             plus=flag(params, "plus"),
             user_id=text(params, "user_id", max_len=64),
         )
-        return jsonify({"status": "success", **user.public(), "api_key": key}), 201
-    return jsonify({"users": [u.public() for u in services().users.list(actor)]})
+        return jsonify({"status": "success", **_described(user), "api_key": key}), 201
+    offset, limit = number(params, "offset", 0), number(params, "limit", 100)
+    page, total = services().users.search(actor, text(params, "q", max_len=200), offset, limit)
+    return jsonify({"users": [_described(u) for u in page], "total": total, "offset": offset, "limit": limit})
 
 
 def user(user_id: str):
     params = request_params()
     actor = auth.caller(params)
-    if _method(params) == "DELETE":
+    method = _method(params)
+    if method == "DELETE":
         removed = services().users.delete(actor, user_id)
         return jsonify(
             {"status": "success", "deleted": removed[0].user_id, "deleted_users": [u.user_id for u in removed[1:]]}
         )
-    return jsonify(services().users.visible(actor, user_id).public())
+    if method == "PATCH":
+        changes = {k: params[k] for k in ("username", "plus", "limits", "role") if k in params}
+        body = (json_object(required=False) or {}) if request.is_json else {}
+        extra = sorted(set(body) - set(changes) - {"_method", *auth.KEY_PARAMS})
+        if extra:
+            raise BadRequest(f"{extra[0]}: cannot be changed (username, plus, limits, role can)", param=extra[0])
+        if not changes:
+            raise BadRequest("send at least one of username, plus, limits, role")
+        if "plus" in changes and not isinstance(changes["plus"], bool):
+            changes["plus"] = flag(params, "plus")
+        updated = services().users.update(actor, user_id, changes)
+        return jsonify({"status": "success", **_described(updated)})
+    return jsonify(_described(services().users.visible(actor, user_id)))
+
+
+def _described(user) -> dict:
+    """A user as the API shows it: its fields, its own limits and the limits that apply to it."""
+    return {**user.public(), "effective_limits": services().quota.limits_of(user)}
 
 
 def user_key(user_id: str):
@@ -90,7 +111,38 @@ def user_key(user_id: str):
 
 def me():
     params = request_params()
-    return jsonify(auth.caller(params).public())
+    user = auth.caller(params)
+    return jsonify({**_described(user), "today": services().usage.today(user)})
+
+
+def usage():
+    params = request_params()
+    actor = auth.caller(params)
+    report = services().usage.report(
+        actor,
+        text(params, "from", max_len=10),
+        text(params, "to", max_len=10),
+        params.get("group_by"),
+        text(params, "user_id", max_len=64),
+    )
+    return jsonify(report)
+
+
+def audit():
+    params = request_params()
+    actor = auth.caller(params)
+    return jsonify(
+        services().audit.list(
+            actor,
+            who=text(params, "actor", max_len=128),
+            target=text(params, "target", max_len=160),
+            action=text(params, "action", max_len=64),
+            since=text(params, "from", max_len=40),
+            until=text(params, "to", max_len=40),
+            offset=number(params, "offset", 0),
+            limit=number(params, "limit", 50),
+        )
+    )
 
 
 def health():
@@ -144,13 +196,15 @@ VIEWS = {
     "conversations": (conversations, ["GET", "POST", "DELETE"]),
     "conversation": (conversation, ["GET", "POST", "PATCH", "DELETE"]),
     "users": (users, ["GET", "POST"]),
-    "user": (user, ["GET", "POST", "DELETE"]),
+    "user": (user, ["GET", "POST", "PATCH", "DELETE"]),
     "user_key": (user_key, ["POST"]),
     "me": (me, ["GET", "POST"]),
     "health": (health, ["GET"]),
     "accounts": (accounts, ["GET", "POST"]),
     "account": (account, ["GET", "PATCH", "DELETE"]),
     "account_test": (account_test, ["POST"]),
+    "usage": (usage, ["GET", "POST"]),
+    "audit": (audit, ["GET"]),
 }
 
 

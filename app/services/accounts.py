@@ -69,10 +69,11 @@ class AccountReport:
 
 
 class AccountService:
-    def __init__(self, pool: Pool, settings_file: SettingsFile | None, settings: dict):
+    def __init__(self, pool: Pool, settings_file: SettingsFile | None, settings: dict, audit=None):
         self.pool = pool
         self.file = settings_file
         self.max_reply_chars = settings["max_reply_chars"]
+        self.audit = audit  # AuditService: every change is recorded (secrets by name only)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -105,6 +106,7 @@ class AccountService:
         if name not in self.pool.accounts:
             self.pool.state.forget(name)  # an earlier account of that name leaves nothing behind
         self._edit(change, len(self._raw_list()))
+        self._audit(actor, "account.add", name, fields=_shown(fields))
         return self.get(actor, name)
 
     def update(self, actor: User, name: str, fields: dict) -> AccountReport:
@@ -125,6 +127,8 @@ class AccountService:
         self._edit(change, index)
         if fields != {"enabled": False}:  # re-enabled or edited: give it a fresh start
             self.pool.state.reset(name)
+        action = {(): "account.clear", (("enabled", False),): "account.disable", (("enabled", True),): "account.enable"}
+        self._audit(actor, action.get(tuple(fields.items()), "account.update"), name, fields=_shown(fields))
         return self.get(actor, name)
 
     def remove(self, actor: User, name: str) -> None:
@@ -132,6 +136,7 @@ class AccountService:
         self._index(name)
         self._edit(lambda raw: raw["accounts"].pop(self._index(name, raw)), None)
         self.pool.state.forget(name)
+        self._audit(actor, "account.remove", name)
 
     def test(self, actor: User, name: str) -> dict:
         """Send one tiny request through the account; answer with how it went (and update its health)."""
@@ -174,6 +179,10 @@ class AccountService:
             log.exception("settings.json changed but its accounts could not be set up; the accounts in use stay")
             return
         log.info("settings.json changed: %d accounts now", len(settings["accounts"]))
+        # Every worker reloads; the first to claim this version of the file records it. A change made through
+        # the API was claimed by the worker that made it, and recorded there as what it was.
+        if self.audit is not None and self.pool.state.claim_alert(_version(self.file.stamp), None):
+            self.audit.record(None, "settings.reload", "settings.json", accounts=len(settings["accounts"]))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -184,7 +193,12 @@ class AccountService:
             settings = self.file.edit(change)
         except ConfigError as exc:
             raise _as_bad_request(str(exc), index) from None
+        self.pool.state.claim_alert(_version(self.file.stamp), None)  # this worker records the change itself
         self.pool.configure(settings["accounts"], settings)
+
+    def _audit(self, actor: User, action: str, name: str, **detail) -> None:
+        if self.audit is not None:
+            self.audit.record(actor, action, name, **detail)
 
     def _raw_list(self) -> list:
         if self.file is None:
@@ -211,6 +225,17 @@ class AccountService:
 def _admin(actor: User) -> None:
     if actor.role != "admin":
         raise Forbidden("only an admin may see or change the pool's accounts")
+
+
+def _version(stamp) -> str:
+    """The event a version of settings.json is claimed under, so that one change is recorded once."""
+    return "settings:" + ":".join(map(str, stamp or ()))
+
+
+def _shown(fields: dict) -> dict:
+    """An account change as the audit log keeps it: secrets and proxies (which hold passwords) only named."""
+    hidden = (*SECRET_KEYS, "proxy")
+    return {k: ("removed" if v is None else "set") if k in hidden else v for k, v in fields.items()}
 
 
 def _fields(fields) -> dict:

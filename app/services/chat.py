@@ -1,4 +1,5 @@
-"""Asking: pick or pin the account, send the turn, store it, and answer in the original's shape."""
+"""Asking: admit the turn under its user's limits, pick or pin the account, send the turn, store it,
+record it in the usage ledger, and answer in the original's shape."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvail
 from app.pool import PLUS_MODES, Lease, Pool, back_in, class_of, token_hash
 from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
+from app.services.quota import QuotaService, Ticket
+from app.services.usage import UsageService
 from app.store.conversations import Conversation, Message, SqlConversationStore
 from app.upstream import Delta, Done, Turn, Upstream
 from app.upstream.base import checked, clean_text, has_surrogates
@@ -88,6 +91,13 @@ def check_messages(messages, max_chars: int) -> list[dict]:
     return clean
 
 
+def _sent_chars(turn: Turn) -> int:
+    """How much text a turn sent upstream: its messages, or its prompt and the history sent with it."""
+    if turn.messages:
+        return sum(len(m["content"]) for m in turn.messages)
+    return len(turn.prompt) + sum(len(p) + len(r) for p, r in turn.history)
+
+
 def fold_messages(messages: list[dict]) -> str:
     """Fold a message list into one prompt, for account types that take a single turn."""
     if len(messages) == 1:
@@ -115,10 +125,23 @@ class Plan:
 
 
 class ChatService:
-    def __init__(self, store: SqlConversationStore, pool: Pool, conversations: ConversationService, settings: dict):
+    def __init__(
+        self,
+        store: SqlConversationStore,
+        pool: Pool,
+        conversations: ConversationService,
+        settings: dict,
+        *,
+        quota: QuotaService | None = None,
+        usage: UsageService | None = None,
+        on_admit: Callable[[Ticket], None] | None = None,
+    ):
         self.store = store
         self.pool = pool
         self.conversations = conversations
+        self.quota = quota  # per-user limits, checked before any upstream is asked
+        self.usage = usage  # the ledger every turn is recorded in
+        self.on_admit = on_admit  # told of each admitted turn (the fronts put its limits in their headers)
         self.max_prompt_chars = settings["max_prompt_chars"]
         self.max_reply_chars = settings["max_reply_chars"]
         self.max_history_chars = settings["max_history_chars"]
@@ -144,26 +167,37 @@ class ChatService:
         plus: str = "false",
         access_token: str | None = None,
         user_plus: bool = False,
+        front: str = "api",
     ) -> Iterator[Delta | dict]:
         """Check everything, then return a generator of Delta events ending with the answer JSON."""
-        plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
-        return self._run(principal, plan)
+        ticket = self._admit(principal)
+        try:
+            plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
+        except BaseException as exc:
+            self._turned_away(ticket, exc, front)
+            raise
+        return self._run(principal, plan, ticket, front)
 
     def complete_stream(
-        self, principal: Principal, messages, model: str | None
+        self, principal: Principal, messages, model: str | None, front: str = "v1"
     ) -> tuple[Upstream, Iterator[Delta | Done]]:
         """Answer a stateless /v1 request: check the messages, pick an account serving model, stream.
 
-        Nothing is stored: the caller sends the whole history each time.
+        Nothing is stored but the turn's line in the usage ledger: the caller sends the whole history each time.
         """
         if not principal.may_write:
             raise Forbidden("admins may read other users' conversations but not chat as them")
         clean = check_messages(messages, self.max_prompt_chars)
         user_plus = principal.user.plus
-        lease = self.pool.pick_model(model, user_plus)
+        ticket = self._admit(principal)
+        try:
+            lease = self.pool.pick_model(model, user_plus)
+        except BaseException as exc:
+            self._turned_away(ticket, exc, front)
+            raise
         turn = Turn(prompt=fold_messages(clean), model=lease.upstream.account.model, messages=tuple(clean))
         plan = Plan(lease, turn, None, None, None, replace=lambda tried: self.pool.pick_model(model, user_plus, tried))
-        return lease.upstream, self._attempts(plan)
+        return lease.upstream, self._metered(ticket, front, plan, self._attempts(plan))
 
     def _reply(self, upstream: Upstream, turn: Turn) -> Iterator[Delta | Done]:
         """The upstream's reply as valid text, stopped with a 502 past max_reply_chars."""
@@ -172,6 +206,71 @@ class ChatService:
     def models(self, principal: Principal) -> list[str]:
         """Return the models of the accounts this caller may use (plus accounts only for plus users)."""
         return self.pool.models(principal.user.plus)
+
+    # -- limits and the ledger -----------------------------------------------------------
+
+    def _admit(self, principal: Principal) -> Ticket | None:
+        """Count the turn against its user's limits (RateLimited, 429, past one) before any account is chosen."""
+        if self.quota is None:
+            return None
+        ticket = self.quota.admit(principal)
+        if self.on_admit is not None:
+            self.on_admit(ticket)
+        return ticket
+
+    def _turned_away(self, ticket: Ticket | None, exc: BaseException, front: str) -> None:
+        """A turn that ended before any upstream was asked: it does not count against the user's limits.
+        The server's own trouble (no account could take it) is still in the ledger, as an error."""
+        if ticket is None:
+            return
+        self.quota.take_back(ticket)
+        status = getattr(exc, "status", 500) if isinstance(exc, Exception) else None
+        if status is not None and status >= 500 and self.usage is not None:
+            self.usage.record(
+                ticket,
+                front=front,
+                account=None,
+                model=None,
+                usage=None,
+                sent_chars=0,
+                reply_chars=0,
+                outcome="error",
+                status=status,
+            )
+
+    def _metered(self, ticket: Ticket | None, front: str, plan: Plan, events: Iterator) -> Iterator[Delta | Done]:
+        """Pass the reply's events on, and record the turn in the ledger however it ends."""
+        if ticket is None or self.usage is None:
+            yield from events
+            return
+        reply_chars, done, outcome, status = 0, None, "error", 500
+        try:
+            for event in events:
+                if isinstance(event, Done):
+                    done = event
+                else:
+                    reply_chars += len(event.text)
+                yield event
+            outcome, status = "ok", None
+        except GeneratorExit:
+            outcome, status = "cut", None
+            raise
+        except AppError as exc:
+            status = exc.status
+            raise
+        finally:
+            events.close()
+            self.usage.record(
+                ticket,
+                front=front,
+                account="own access token" if plan.token_hash else plan.lease.name,
+                model=done.model if done else plan.turn.model,
+                usage=done.usage if done else None,
+                sent_chars=_sent_chars(plan.turn),
+                reply_chars=reply_chars,
+                outcome=outcome,
+                status=status,
+            )
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -275,18 +374,19 @@ class ChatService:
 
     # -- doing ---------------------------------------------------------------------------
 
-    def _run(self, principal: Principal, plan: Plan) -> Iterator[Delta | dict]:
+    def _run(self, principal: Principal, plan: Plan, ticket: Ticket | None, front: str) -> Iterator[Delta | dict]:
         started, started_clock = time.time(), time.monotonic()
         try:
             claim = self._claim(plan)
-        except BaseException:
+        except BaseException as exc:
             self.pool.released(plan.lease)
+            self._turned_away(ticket, exc, front)
             raise
         pieces: list[str] = []
         done: Done | None = None
         last: Delta | None = None
         renewed = time.monotonic()
-        events = self._attempts(plan)
+        events = self._metered(ticket, front, plan, self._attempts(plan))
         try:
             for event in events:
                 if isinstance(event, Done):

@@ -4,6 +4,9 @@ admin  — creates, lists, deletes and rotates anyone (never the last admin).
 client — creates plain users it owns (plus only if it is plus itself); lists, deletes, rotates
          only those; may speak for one of them by its own id for that person.
 user   — rotates its own key.
+
+Changes are recorded in the audit log; a wrong key counts against its client address, which is
+refused for a while (429) after too many (app/store/audit.py).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 
-from app.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from app.errors import BadRequest, Conflict, Forbidden, NotFound, RateLimited, Unauthorized
 from app.store.conversations import SqlConversationStore
 from app.store.users import ROLES, User, UserStore
+
+MAX_PAGE = 1000
 
 KEY_PREFIX = "cas-"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
@@ -52,20 +57,47 @@ def check_id(value: str, param: str = "user_id") -> str:
 
 
 class UserService:
-    def __init__(self, store: UserStore, conversations: SqlConversationStore, max_users_per_client: int = 0):
+    def __init__(
+        self,
+        store: UserStore,
+        conversations: SqlConversationStore,
+        max_users_per_client: int = 0,
+        *,
+        quota=None,
+        audit=None,
+        throttle=None,
+    ):
         self.store = store
         self.conversations = conversations
         self.max_users_per_client = max_users_per_client  # 0: no limit
+        self.quota = quota  # QuotaService: the limits that apply, and who may grant which
+        self.audit = audit  # AuditService
+        self.throttle = throttle  # SqlKeyThrottle: wrong keys per client address
 
     # -- authentication ------------------------------------------------------------------
 
-    def authenticate(self, key: str | None) -> User:
+    def authenticate(self, key: str | None, address: str | None = None) -> User:
+        """The user whose key this is; Unauthorized if none. From an address that sent too many wrong keys
+        in the last minute, RateLimited before the key is even looked at (a right key waits too, or guessing
+        would go on at full speed)."""
         if not key:
             raise Unauthorized("no API key: send 'Authorization: Bearer KEY' or the 'user' parameter")
+        if address and self.throttle is not None:
+            wait = self.throttle.wait(address)
+            if wait is not None:
+                raise RateLimited(
+                    f"too many wrong API keys from this address; try again in {wait:.0f} s", retry_after=wait
+                )
         user = self.store.get_by_key_hash(hash_key(key)) if key.isascii() else None
         if user is None:
+            if address and self.throttle is not None:
+                self.throttle.failed(address)
             raise Unauthorized("unknown API key")
         return user
+
+    def _audit(self, actor: User | None, action: str, target: str | None, **detail) -> None:
+        if self.audit is not None:
+            self.audit.record(actor, action, target, **detail)
 
     def ensure_admin(self, key: str | None = None) -> str | None:
         """Create the first admin if there are no users; return its key (None if none was made)."""
@@ -118,7 +150,9 @@ class UserService:
             created_at=now_iso(),
         )
         limit = self.max_users_per_client if actor.role == "client" else 0
-        return self.store.add(user, limit=limit, require_creator=True), key
+        added = self.store.add(user, limit=limit, require_creator=True)
+        self._audit(actor, "user.create", added.user_id, **_described(added))
+        return added, key
 
     def speak_for(self, client: User, external_id: str, username: str | None, plus: bool | None, create: bool) -> User:
         """Find the user a client knows by its own id, creating it when create is set."""
@@ -173,6 +207,70 @@ class UserService:
             return [u for u in self.store.list(created_by=actor.user_id) if self._is_owned(actor, u)]
         raise Forbidden("users cannot list users")
 
+    def search(self, actor: User, q: str | None = None, offset: int = 0, limit: int = 100) -> tuple[list[User], int]:
+        """One page of the users actor manages, oldest first, whose username, id or client's own id holds q
+        (any case); and how many match in all."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be from 1 to {MAX_PAGE}", param="limit")
+        if offset < 0:
+            raise BadRequest("offset must be 0 or more", param="offset")
+        users = self.list(actor)
+        needle = (q or "").strip().casefold()
+        if needle:
+            users = [u for u in users if needle in _haystack(u)]
+        return users[offset : offset + limit], len(users)
+
+    def update(self, actor: User, user_id: str, changes: dict) -> User:
+        """Change a user's username, plus, limits (and, by an admin, role), by the rules of creation."""
+        if actor.role == "user":
+            raise Forbidden("users cannot change users; ask an admin or your client")
+        unknown = sorted(set(changes) - {"username", "plus", "limits", "role"})
+        if unknown:
+            raise BadRequest(f"{unknown[0]}: cannot be changed (username, plus, limits, role can)", param=unknown[0])
+        target = self.visible(actor, user_id)
+        fields = {}
+        if "username" in changes:
+            fields["username"] = check_username(changes["username"])
+        if "plus" in changes:
+            if not isinstance(changes["plus"], bool):
+                raise BadRequest("plus must be true or false", param="plus")
+            if changes["plus"] and not target.plus and actor.role == "client" and not actor.plus:
+                raise Forbidden("a client without plus cannot grant plus", param="plus")
+            fields["plus"] = changes["plus"]
+        if "limits" in changes:
+            fields["limits"] = self.quota.check_grant(actor, changes["limits"]) or None
+        if "role" in changes:
+            if changes["role"] not in ROLES:
+                raise BadRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+            if actor.role != "admin" and changes["role"] != target.role:
+                raise Forbidden("only an admin may change a role", param="role")
+            fields["role"] = changes["role"]
+
+        def change(user: User, everyone: list[User]) -> User:
+            role = fields.get("role", user.role)
+            if user.role == "admin" and role != "admin" and sum(u.role == "admin" for u in everyone) <= 1:
+                raise Conflict("cannot demote the last admin", param="role")
+            if user.role == "client" and role != "client":
+                owned = sum(self._is_owned(user, u) for u in everyone)
+                if owned:
+                    raise Conflict(f"this client still has {owned} user(s); delete them first", param="role")
+            return user.replace(**fields)
+
+        before, after = self.store.update(target.user_id, change)
+        self._audit_changes(actor, before, after)
+        return after
+
+    def _audit_changes(self, actor: User, before: User, after: User) -> None:
+        changed = {
+            name: [getattr(before, name), getattr(after, name)]
+            for name in ("username", "plus", "role")
+            if getattr(before, name) != getattr(after, name)
+        }
+        if changed:
+            self._audit(actor, "user.update", after.user_id, changes=changed)
+        if (before.limits or {}) != (after.limits or {}):
+            self._audit(actor, "user.limits", after.user_id, before=before.limits or {}, after=after.limits or {})
+
     def delete(self, actor: User, user_id: str) -> list[User]:
         """Delete a user (a client takes its own users with it) and their conversations; return them all."""
         if actor.role == "user":
@@ -191,9 +289,23 @@ class UserService:
         # Their conversations go, and the deletion is recorded: a turn that was running for one of them is not
         # stored when it ends, so a later user given the same id inherits nothing.
         self.conversations.retire_users([user.user_id for user in removed])
+        self._audit(
+            actor, "user.delete", target.user_id, **_described(target), with_users=[u.user_id for u in removed[1:]]
+        )
         return removed
 
     def rotate_key(self, actor: User, user_id: str) -> tuple[User, str]:
         target = self.visible(actor, user_id)
         key = new_key()
-        return self.store.set_key_hash(target.user_id, hash_key(key)), key
+        updated = self.store.set_key_hash(target.user_id, hash_key(key))
+        self._audit(actor, "user.key_rotated", updated.user_id, username=updated.username)
+        return updated, key
+
+
+def _described(user: User) -> dict:
+    """What the audit log keeps of a user (never its key hash)."""
+    return {"username": user.username, "role": user.role, "plus": user.plus, "external_id": user.external_id}
+
+
+def _haystack(user: User) -> str:
+    return "\0".join((user.username, user.user_id, user.external_id or "")).casefold()

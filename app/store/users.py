@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROLES = ("admin", "client", "user")
+# A user's own limits, over its role's defaults (settings "limits"): a number, or None for no limit.
+LIMIT_KEYS = ("requests_per_minute", "requests_per_day", "tokens_per_day")
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class User:
     created_by: str | None
     external_id: str | None
     created_at: str
+    # The limits set for this user alone ({key: number or None}); keys not here follow the role's defaults.
+    limits: dict | None = field(default=None, hash=False)
 
     def replace(self, **changes) -> User:
         return dataclasses.replace(self, **changes)
@@ -34,6 +38,7 @@ class User:
             "created_by": self.created_by,
             "external_id": self.external_id,
             "created_at": self.created_at,
+            "limits": dict(self.limits or {}),
         }
 
 
@@ -77,6 +82,13 @@ class UserStore(ABC):
     @abstractmethod
     def set_key_hash(self, user_id: str, key_hash: str) -> User:
         """Replace a user's key hash."""
+
+    @abstractmethod
+    def update(self, user_id: str, change: Callable[[User, list[User]], User]) -> tuple[User, User]:
+        """Replace a user with change(user, all_users), atomically; return (before, after). NotFound if absent.
+
+        change runs inside the same change of the store: it may raise to refuse (the last admin).
+        """
 
     def find_external(self, created_by: str, external_id: str) -> User | None:
         """Return the user a client knows by its own id, or None."""

@@ -47,6 +47,7 @@ LOCK_TIMEOUT = 10.0  # seconds a change waits for the lock before answering Busy
 JOURNAL_MAX_BYTES = 256 * 1024  # past this the journal is trimmed to its last JOURNAL_KEEP entries
 JOURNAL_KEEP = 100
 FIELDS = frozenset(f.name for f in dataclasses.fields(User)) - {"user_id"}
+OLD_FIELDS = FIELDS - {"limits"}  # a user written before per-user limits existed
 
 Stamp = tuple[int, int, int]
 Delta = tuple[dict[str, User], list[str]]  # users to put (new or changed), ids to delete
@@ -383,12 +384,17 @@ class JsonUserStore(UserStore):
         return self._change(apply)
 
     def set_key_hash(self, user_id: str, key_hash: str) -> User:
-        def apply() -> tuple[User, Delta]:
+        return self.update(user_id, lambda user, _everyone: user.replace(key_hash=key_hash))[1]
+
+    def update(self, user_id: str, change: Callable[[User, list[User]], User]) -> tuple[User, User]:
+        def apply() -> tuple[tuple[User, User], Delta]:
             user = self._users.get(user_id)
             if user is None:
                 raise NotFound(f"no user {user_id!r}")
-            updated = user.replace(key_hash=key_hash)
-            return updated, ({user_id: updated}, [])
+            updated = change(user, list(self._users.values()))
+            if updated.user_id != user_id:
+                raise ValueError("a user's id cannot change")
+            return (user, updated), ({user_id: updated}, [])
 
         return self._change(apply)
 
@@ -450,12 +456,13 @@ def _truncate(path: Path, inode: int, size: int) -> None:
 def _user(user_id: str, fields: dict) -> User:
     """A User from its stored fields, without the frozen dataclass's slow __init__ (3x faster: a full
     read of 20,000 users is mostly this and json.loads)."""
-    if not isinstance(fields, dict) or fields.keys() != FIELDS:
+    if not isinstance(fields, dict) or (fields.keys() != FIELDS and fields.keys() != OLD_FIELDS):
         return User(user_id=user_id, **fields)  # raises, naming the missing or unknown field
     user = object.__new__(User)
     attributes = user.__dict__
     attributes.update(fields)
     attributes["user_id"] = user_id
+    attributes.setdefault("limits", None)
     return user
 
 
@@ -469,7 +476,8 @@ def _encode(user: User) -> str:
         f'{_quote(user.user_id)}:{{"username":{_quote(user.username)},"role":{_quote(user.role)},'
         f'"plus":{"true" if user.plus else "false"},"key_hash":{_quote(user.key_hash)},'
         f'"created_by":{text(user.created_by)},"external_id":{text(user.external_id)},'
-        f'"created_at":{_quote(user.created_at)}}}'
+        f'"created_at":{_quote(user.created_at)}'
+        + (f',"limits":{json.dumps(user.limits, separators=(",", ":"), sort_keys=True)}}}' if user.limits else "}")
     )
 
 
@@ -481,8 +489,9 @@ def _lines_of(text: str, users: dict[str, User]) -> dict[str, str]:
     lines = {}
     for uid, line in zip(users, parts[1:-2], strict=True):
         line = line.removesuffix(",")
-        # One '":{' per line: a hand-joined line holding two users is never reused.
-        if line.startswith(f'"{uid}":{{') and line.endswith("}") and line.count('":{') == 1:
+        # One '":{' per user: a hand-joined line holding two users is never reused.
+        objects = 2 if '"limits":{' in line else 1  # a user's own limits are an object inside its line
+        if line.startswith(f'"{uid}":{{') and line.endswith("}") and line.count('":{') == objects:
             lines[uid] = line
     return lines
 

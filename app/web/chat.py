@@ -42,6 +42,7 @@ def _ask():
             "plus": form.plus.data or "false",
             "access_token": (form.access_token.data or "").strip() or None,
             "user_plus": form.user_plus.data,
+            "front": "page",
         }
         try:
             if _wants_stream(form):  # the page's script shows the reply as it comes
@@ -68,7 +69,7 @@ def _form_user(form: ChatForm) -> User | None:
     key = (form.api_key.data or "").strip()
     if key:
         try:
-            auth.log_in(services().users.authenticate(key))
+            auth.log_in(services().users.authenticate(key, request.remote_addr))
         except AppError as exc:
             form.api_key.errors = [key_problem(exc)]
             return None

@@ -1,0 +1,319 @@
+"""Usage in SQL: the ledger of every turn, and the counters that per-user limits are enforced on.
+
+Like the pool's state (app/store/pool_state.py), these tables live on the conversation database,
+so every worker and every instance on it counts the same requests. Admission is one write
+transaction per turn: each limited subject's row for the day is bumped first (which also locks it
+on PostgreSQL), then its limits are checked against what the row now says; a refusal rolls the
+whole admission back, so nothing is counted for a request that was refused.
+
+A subject is a user id: the user a turn is for, and the client that owns that user (whose row adds
+up all of its users, so a client's limits bound what its users use together).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from app.store.conversations import metadata
+from app.store.pool_state import _insert_missing
+
+WINDOW = 60.0  # seconds a per-minute limit counts over
+
+usage_ledger = Table(
+    "usage_ledger",
+    metadata,
+    Column("entry_id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),  # when the turn began
+    Column("day", String(10), nullable=False),  # that moment's UTC date, YYYY-MM-DD
+    Column("user_id", String(128), nullable=False),
+    Column("client_id", String(128)),  # the client the turn came through (it spoke for its user)
+    Column("owner_id", String(128)),  # the client that owns the user, if one does
+    Column("account", String(128)),  # None: no account took it (none was available)
+    Column("model", String(128)),
+    Column("front", String(32), nullable=False),  # api | page | v1 | ...
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("estimated", Boolean, nullable=False),  # the counts are ours (chars / 4), not the upstream's
+    Column("duration_ms", Integer, nullable=False),
+    Column("outcome", String(8), nullable=False),  # ok | error | cut
+    Column("status", Integer),  # an error's HTTP status
+)
+Index("ix_usage_ledger_day", usage_ledger.c.day)
+Index("ix_usage_ledger_user_day", usage_ledger.c.user_id, usage_ledger.c.day)
+Index("ix_usage_ledger_owner_day", usage_ledger.c.owner_id, usage_ledger.c.day)
+
+# Requests and tokens per subject per UTC day: what daily limits are checked against.
+usage_days = Table(
+    "usage_days",
+    metadata,
+    Column("subject", String(128), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("requests", Integer, nullable=False, default=0),
+    Column("tokens", Integer, nullable=False, default=0),
+)
+
+# When each limited subject's requests of the last minute began: what per-minute limits are checked against.
+usage_hits = Table(
+    "usage_hits",
+    metadata,
+    Column("hit_id", Integer, primary_key=True, autoincrement=True),
+    Column("subject", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+)
+Index("ix_usage_hits_subject_at", usage_hits.c.subject, usage_hits.c.at)
+
+_BUMP = (
+    update(usage_days)
+    .where(usage_days.c.subject == bindparam("s"), usage_days.c.day == bindparam("d"))
+    .values(requests=usage_days.c.requests + bindparam("r"), tokens=usage_days.c.tokens + bindparam("t"))
+    .returning(usage_days.c.requests, usage_days.c.tokens)
+)
+_OLD_HITS = delete(usage_hits).where(usage_hits.c.subject == bindparam("s"), usage_hits.c.at <= bindparam("before"))
+_HITS = select(func.count()).select_from(usage_hits).where(usage_hits.c.subject == bindparam("s"))
+_NTH_HIT = (
+    select(usage_hits.c.at)
+    .where(usage_hits.c.subject == bindparam("s"))
+    .order_by(usage_hits.c.at)
+    .limit(1)
+    .offset(bindparam("skip"))
+)
+_NEWEST_HIT = select(func.max(usage_hits.c.at)).where(usage_hits.c.subject == bindparam("s"))
+_HIT = insert(usage_hits).values(subject=bindparam("s"), at=bindparam("at"))
+_UNHIT = delete(usage_hits).where(usage_hits.c.hit_id.in_(bindparam("ids", expanding=True)))
+
+GROUPS = {
+    "user": usage_ledger.c.user_id,
+    "account": usage_ledger.c.account,
+    "model": usage_ledger.c.model,
+    "day": usage_ledger.c.day,
+}
+
+
+def day_of(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d")
+
+
+def seconds_to_midnight(moment: float) -> float:
+    """Seconds from moment to the next UTC midnight, when daily counts start again."""
+    day = datetime.fromtimestamp(moment, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (day + timedelta(days=1)).timestamp() - moment
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One subject's limits (None: no limit)."""
+
+    subject: str
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+    tokens_per_day: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return not (self.requests_per_minute is None and self.requests_per_day is None and self.tokens_per_day is None)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one limited subject stands after its request was admitted (or refused)."""
+
+    rule: Rule
+    minute: int = 0  # requests in the last minute, this one included
+    minute_reset: float = 0.0  # seconds until the per-minute count is back to nothing (OpenAI's reset)
+    day_requests: int = 0  # requests today, this one included
+    day_tokens: int = 0  # tokens today, before this request
+    day_reset: float = 0.0  # seconds until the daily counts start again
+
+
+class Refused(Exception):
+    """A limit said no; nothing was counted."""
+
+    def __init__(self, limit: str, standing: Standing, retry_after: float):
+        super().__init__(limit)
+        self.limit, self.standing, self.retry_after = limit, standing, retry_after
+
+
+@dataclass
+class Admission:
+    """What admitting one request counted, so that it can be taken back or completed."""
+
+    day: str
+    at: float
+    counted: list[str] = field(default_factory=list)  # subjects whose request was counted at admission
+    hits: list[int] = field(default_factory=list)
+    standings: list[Standing] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One turn, as the ledger keeps it."""
+
+    at: float
+    user_id: str
+    client_id: str | None
+    owner_id: str | None
+    account: str | None
+    model: str | None
+    front: str
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+    duration_ms: int
+    outcome: str  # ok | error | cut
+    status: int | None = None
+
+
+class SqlUsage:
+    """The usage ledger and the limit counters, on the conversation database (any SQLAlchemy URL)."""
+
+    def __init__(self, store):
+        self._store = store
+        metadata.create_all(store.engine)
+
+    # -- limits --------------------------------------------------------------------------
+
+    def admit(self, rules: list[Rule], now: float | None = None) -> Admission:
+        """Count one request for every limited subject in rules, or raise Refused and count nothing."""
+        now = time.time() if now is None else now
+        admission = Admission(day_of(now), now)
+        limited = [rule for rule in rules if rule.limited]
+        if not limited:
+            return admission
+        to_midnight = seconds_to_midnight(now)
+        with self._store.write() as db:
+            for rule in limited:
+                requests, tokens = self._bump(db, rule.subject, admission.day, 1, 0)
+                standing = Standing(rule, day_requests=requests, day_tokens=tokens, day_reset=to_midnight)
+                if rule.requests_per_day is not None and requests > rule.requests_per_day:
+                    raise Refused("requests_per_day", standing, to_midnight)
+                if rule.tokens_per_day is not None and tokens >= rule.tokens_per_day:
+                    raise Refused("tokens_per_day", standing, to_midnight)
+                if rule.requests_per_minute is not None:
+                    standing = self._minute(db, rule, standing, now, admission)
+                admission.counted.append(rule.subject)
+                admission.standings.append(standing)
+        return admission
+
+    def _minute(self, db, rule: Rule, standing: Standing, now: float, admission: Admission) -> Standing:
+        """Check and count the per-minute limit inside the admission's transaction."""
+        db.execute(_OLD_HITS, {"s": rule.subject, "before": now - WINDOW})
+        count = db.execute(_HITS, {"s": rule.subject}).scalar_one()
+        limit = rule.requests_per_minute
+        if count >= limit:  # room comes when enough of the minute's requests have left it
+            oldest = db.execute(_NTH_HIT, {"s": rule.subject, "skip": count - limit}).scalar() if limit else None
+            wait = max(0.001, oldest + WINDOW - now) if oldest is not None else WINDOW
+            newest = db.execute(_NEWEST_HIT, {"s": rule.subject}).scalar()
+            full = max(0.001, newest + WINDOW - now) if newest is not None else WINDOW  # back to the whole limit
+            refused = Standing(rule, count, full, standing.day_requests - 1, standing.day_tokens, standing.day_reset)
+            raise Refused("requests_per_minute", refused, wait)
+        admission.hits.append(db.execute(_HIT, {"s": rule.subject, "at": now}).inserted_primary_key[0])
+        # As OpenAI's x-ratelimit-reset-requests: the time until the whole limit is free again, which is when
+        # this request (the newest) leaves the window.
+        return Standing(rule, count + 1, WINDOW, standing.day_requests, standing.day_tokens, standing.day_reset)
+
+    @staticmethod
+    def _bump(db, subject: str, day: str, requests: int, tokens: int) -> tuple[int, int]:
+        row = db.execute(_BUMP, {"s": subject, "d": day, "r": requests, "t": tokens}).first()
+        if row is None:  # the subject's first request of the day
+            _insert_missing(db, usage_days, subject=subject, day=day, requests=0, tokens=0)
+            row = db.execute(_BUMP, {"s": subject, "d": day, "r": requests, "t": tokens}).first()
+        return row.requests, row.tokens
+
+    def take_back(self, admission: Admission) -> None:
+        """Uncount an admitted request that never reached an upstream (it was refused before one was asked)."""
+        if not admission.counted:
+            return
+        with self._store.write() as db:
+            for subject in admission.counted:
+                db.execute(_BUMP, {"s": subject, "d": admission.day, "r": -1, "t": 0})
+            if admission.hits:
+                db.execute(_UNHIT, {"ids": admission.hits})
+        admission.counted, admission.hits = [], []
+
+    # -- the ledger ----------------------------------------------------------------------
+
+    def record(self, entry: Entry, admission: Admission, subjects: list[str]) -> None:
+        """Add a turn to the ledger and its tokens (and, where admission did not count it, its request)
+        to each subject's day, in one transaction."""
+        tokens = entry.prompt_tokens + entry.completion_tokens
+        with self._store.write() as db:
+            db.execute(insert(usage_ledger).values(day=admission.day, **vars(entry)))
+            for subject in subjects:
+                self._bump(db, subject, admission.day, 0 if subject in admission.counted else 1, tokens)
+
+    def today(self, subject: str, now: float | None = None) -> tuple[int, int]:
+        """(requests, tokens) a subject has used today."""
+        now = time.time() if now is None else now
+        with self._store.engine.connect() as db:
+            row = db.execute(
+                select(usage_days.c.requests, usage_days.c.tokens).where(
+                    usage_days.c.subject == subject, usage_days.c.day == day_of(now)
+                )
+            ).first()
+        return (row.requests, row.tokens) if row else (0, 0)
+
+    def report(
+        self,
+        first_day: str,
+        last_day: str,
+        group_by: list[str],
+        users: list[str] | None = None,
+        owner: str | None = None,
+    ) -> list[dict]:
+        """Totals per group over [first_day, last_day] (UTC dates), for the named users or one owner's users.
+
+        users None and owner None: everyone. Groups come biggest first (by requests), then by key.
+        """
+        columns = [GROUPS[g].label(g) for g in group_by]
+        errors = func.sum(case((usage_ledger.c.outcome == "error", 1), else_=0))
+        cut = func.sum(case((usage_ledger.c.outcome == "cut", 1), else_=0))
+        estimated = func.sum(case((usage_ledger.c.estimated, 1), else_=0))
+        query = select(
+            *columns,
+            func.count().label("requests"),
+            func.coalesce(func.sum(usage_ledger.c.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(usage_ledger.c.completion_tokens), 0).label("completion_tokens"),
+            func.coalesce(errors, 0).label("errors"),
+            func.coalesce(cut, 0).label("cut"),
+            func.coalesce(estimated, 0).label("estimated"),
+        ).where(usage_ledger.c.day >= first_day, usage_ledger.c.day <= last_day)
+        scope = []
+        if users is not None:
+            scope.append(usage_ledger.c.user_id.in_(users))
+        if owner is not None:
+            scope.append(or_(usage_ledger.c.owner_id == owner, usage_ledger.c.user_id == owner))
+        if scope:
+            query = query.where(and_(*scope))
+        if columns:
+            query = query.group_by(*columns).order_by(func.count().desc(), *columns)
+        with self._store.engine.connect() as db:
+            rows = db.execute(query).mappings().all()
+        out = []
+        for row in rows:
+            item = dict(row)
+            if not columns and not item["requests"]:
+                item = {k: 0 for k in item}
+            item["total_tokens"] = item["prompt_tokens"] + item["completion_tokens"]
+            out.append(item)
+        return out
