@@ -121,9 +121,10 @@ def _client_address() -> str | None:
 
 
 def _limits_in_headers(ticket) -> None:
-    """Keep an admitted turn's x-ratelimit-* headers for its answer (a stream's too: they go before its body)."""
+    """Keep an admitted turn's x-ratelimit-* headers for its answer (a stream's too: they go before its body);
+    None: the turn was taken back, and its answer reports none."""
     if has_request_context():
-        g.rate_limit_headers = QuotaService.headers(ticket)
+        g.rate_limit_headers = QuotaService.headers(ticket) if ticket is not None else {}
 
 
 def _rate_limit_headers(response):

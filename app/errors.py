@@ -142,6 +142,16 @@ class UpstreamTimeout(_UpstreamFault, AppError):
     status, code = 504, "upstream_timeout"
 
 
+def error_headers(exc: AppError) -> dict[str, str]:
+    """The headers an error's answer carries, on every front: Retry-After and a limit's x-ratelimit-*."""
+    headers = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    headers.update(getattr(exc, "headers", None) or {})
+    return headers
+
+
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
     """Build the JSON body every error uses."""
     body = {"status": "error", "code": code, "message": message}
@@ -193,10 +203,7 @@ def register(app: Flask) -> None:
         if getattr(exc, "rate_limited", False) and request.path.startswith("/v1/"):
             status, code = 429, "rate_limit_exceeded"
         response = _respond(status, code, exc.message, exc.param)
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-        response.headers.update(getattr(exc, "headers", None) or {})
+        response.headers.update(error_headers(exc))
         return response
 
     @app.errorhandler(HTTPException)

@@ -85,8 +85,7 @@ def user(user_id: str):
         )
     if method == "PATCH":
         changes = {k: params[k] for k in ("username", "plus", "limits", "role") if k in params}
-        body = (json_object(required=False) or {}) if request.is_json else {}
-        extra = sorted(set(body) - set(changes) - {"_method", *auth.KEY_PARAMS})
+        extra = sorted(set(params) - set(changes) - {"_method", *auth.KEY_PARAMS})
         if extra:
             raise BadRequest(f"{extra[0]}: cannot be changed (username, plus, limits, role can)", param=extra[0])
         if not changes:

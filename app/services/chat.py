@@ -134,7 +134,7 @@ class ChatService:
         *,
         quota: QuotaService | None = None,
         usage: UsageService | None = None,
-        on_admit: Callable[[Ticket], None] | None = None,
+        on_admit: Callable[[Ticket | None], None] | None = None,
     ):
         self.store = store
         self.pool = pool
@@ -224,6 +224,8 @@ class ChatService:
         if ticket is None:
             return
         self.quota.take_back(ticket)
+        if self.on_admit is not None:
+            self.on_admit(None)  # its answer reports no request of a limit it did not use
         status = getattr(exc, "status", 500) if isinstance(exc, Exception) else None
         if status is not None and status >= 500 and self.usage is not None:
             self.usage.record(
@@ -236,10 +238,14 @@ class ChatService:
                 reply_chars=0,
                 outcome="error",
                 status=status,
+                counts=False,
             )
 
-    def _metered(self, ticket: Ticket | None, front: str, plan: Plan, events: Iterator) -> Iterator[Delta | Done]:
-        """Pass the reply's events on, and record the turn in the ledger however it ends."""
+    def _metered(
+        self, ticket: Ticket | None, front: str, plan: Plan, events: Iterator, stored: bool = False
+    ) -> Iterator[Delta | Done]:
+        """Pass the reply's events on, and record the turn in the ledger however it ends (stored: a whole
+        reply is stored next, whose write carries the ledger's)."""
         if ticket is None or self.usage is None:
             yield from events
             return
@@ -270,6 +276,7 @@ class ChatService:
                 reply_chars=reply_chars,
                 outcome=outcome,
                 status=status,
+                stored_next=stored and outcome == "ok",
             )
 
     # -- deciding ------------------------------------------------------------------------
@@ -386,7 +393,7 @@ class ChatService:
         done: Done | None = None
         last: Delta | None = None
         renewed = time.monotonic()
-        events = self._metered(ticket, front, plan, self._attempts(plan))
+        events = self._metered(ticket, front, plan, self._attempts(plan), stored=True)
         try:
             for event in events:
                 if isinstance(event, Done):

@@ -68,8 +68,15 @@ class UsageService:
         reply_chars: int,
         outcome: str,
         status: int | None = None,
+        stored_next: bool = False,
+        counts: bool = True,
     ) -> None:
-        """Add one turn to the ledger. A failure to record is logged, never the caller's problem."""
+        """Add one turn to the ledger. A failure to record is logged, never the caller's problem.
+
+        stored_next: a write of this process follows at once (the turn's conversation), which carries the
+        ledger's; otherwise a turn under a token quota is written now. counts False: a turn that never reached
+        an upstream, kept in the ledger (as an error) but not in anyone's requests for the day.
+        """
         usage = usage or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         given = _count(prompt) and _count(completion)
@@ -89,7 +96,8 @@ class UsageService:
             status=status,
         )
         try:
-            self.usage.record(entry, ticket.admission, ticket.subjects)
+            at_once = ticket.admission.urgent and not stored_next
+            self.usage.record(entry, ticket.admission, ticket.subjects, at_once, counts)
         except Exception:  # the answer has gone already; losing it here would lose the turn twice
             log.exception("could not record a turn of user %r in the usage ledger", ticket.user_id)
 

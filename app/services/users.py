@@ -41,7 +41,9 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def check_username(username: str | None) -> str:
+def check_username(username) -> str:
+    if username is not None and not isinstance(username, str):
+        raise BadRequest("username must be a string", param="username")
     username = (username or "").strip()
     if not username:
         raise BadRequest("username is required", param="username")

@@ -6,9 +6,13 @@ without the services noticing.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
@@ -32,7 +36,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from app.cooperative import later
 from app.errors import Busy, Conflict, NotFound, Unauthorized
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -129,6 +136,8 @@ class Message:
 
 READ_BUSY_MS = 1000  # SQLite's own wait, for the rare read that finds the database locked (WAL readers seldom do)
 WRITE_WAIT = 30.0  # seconds a write waits for SQLite's write lock (cooperatively) before it is a 503
+DEFER_AFTER = 0.05  # seconds a deferred write may wait for the next write transaction before one of its own
+DEFER_TRIES = 3  # transactions a deferred write may fail in before it is dropped (and logged)
 
 
 def _sqlite_pragmas(busy_ms: int):
@@ -163,9 +172,74 @@ class SqlConversationStore:
                 # (SQLite gives its -wal and -shm files the same mode).
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         metadata.create_all(self.engine)
+        atexit.register(self._flush_at_exit)
+        self._deferred: list[list] = []  # [write, tries] waiting for this process's next write transaction
+        self._deferred_lock = threading.Lock()
+        self._defer_armed = False
+
+    # -- writes that may wait --------------------------------------------------------------
+
+    def defer(self, write: Callable) -> None:
+        """Run write(db) in this process's next write transaction, or DEFER_AFTER from now if none comes:
+        a write that must happen but need not happen alone (the usage ledger's) rides on one that happens anyway."""
+        with self._deferred_lock:
+            self._deferred.append([write, 0])
+        self._arm()
+
+    def _arm(self) -> None:
+        with self._deferred_lock:
+            if self._defer_armed:
+                return
+            self._defer_armed = True
+        later(DEFER_AFTER, self.flush)
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            log.exception("could not write %d deferred writes at exit", len(self._deferred))
+
+    def flush(self) -> None:
+        """Write what was deferred, now."""
+        with self._deferred_lock:
+            self._defer_armed = False
+            if not self._deferred:
+                return
+        with self._write():
+            pass
+
+    def _run_deferred(self, db) -> list[list]:
+        """Run the deferred writes at the start of a write transaction; return them (put back if it fails)."""
+        with self._deferred_lock:
+            pending, self._deferred = self._deferred, []
+        try:
+            for item in pending:
+                item[0](db)
+        except BaseException:
+            self._put_back(pending, failed=True)
+            raise
+        return pending
+
+    def _put_back(self, pending: list[list], failed: bool = False) -> None:
+        """The transaction that ran deferred writes rolled back: they wait for the next one. Writes that failed
+        themselves DEFER_TRIES times are dropped (and logged), so one bad write cannot fail every transaction."""
+        if failed:
+            for item in pending:
+                item[1] += 1
+        kept = [item for item in pending if item[1] < DEFER_TRIES]
+        if len(kept) < len(pending):
+            log.error("dropped %d deferred writes that failed %d times", len(pending) - len(kept), DEFER_TRIES)
+        if kept:
+            with self._deferred_lock:
+                self._deferred[:0] = kept
+            self._arm()
 
     def close(self, after_fork: bool = False) -> None:
         """Let go of every pooled connection (after_fork: a forked worker's copies, without closing them)."""
+        if after_fork:
+            self._deferred, self._defer_armed = [], False  # the parent's to write, not this process's
+        else:
+            self._flush_at_exit()
         for engine in {self.engine, self._writer}:
             engine.dispose(close=not after_fork)
 
@@ -179,8 +253,14 @@ class SqlConversationStore:
         here, in short cooperative sleeps: SQLite's own wait is a C call that would hold a whole gevent
         worker (every connection on it) for as long as the other worker writes."""
         if self._writer is self.engine:
-            with self.engine.begin() as db:
-                yield db
+            pending = []
+            try:
+                with self.engine.begin() as db:
+                    pending = self._run_deferred(db)
+                    yield db
+            except BaseException:
+                self._put_back(pending)
+                raise
             return
         deadline, pause = time.monotonic() + WRITE_WAIT, 0.001
         while True:
@@ -198,10 +278,13 @@ class SqlConversationStore:
                     ) from None
             time.sleep(pause)  # gevent's sleep once main.py has patched time: the worker goes on meanwhile
             pause = min(pause * 2, 0.05)
+        pending = []
         try:
+            pending = self._run_deferred(db)
             yield db
         except BaseException:
             db.rollback()
+            self._put_back(pending)
             raise
         else:
             db.commit()

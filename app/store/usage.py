@@ -99,6 +99,7 @@ _NTH_HIT = (
     .offset(bindparam("skip"))
 )
 _NEWEST_HIT = select(func.max(usage_hits.c.at)).where(usage_hits.c.subject == bindparam("s"))
+_LEDGER = insert(usage_ledger)
 _HIT = insert(usage_hits).values(subject=bindparam("s"), at=bindparam("at"))
 _UNHIT = delete(usage_hits).where(usage_hits.c.hit_id.in_(bindparam("ids", expanding=True)))
 
@@ -163,6 +164,11 @@ class Admission:
     counted: list[str] = field(default_factory=list)  # subjects whose request was counted at admission
     hits: list[int] = field(default_factory=list)
     standings: list[Standing] = field(default_factory=list)
+
+    @property
+    def urgent(self) -> bool:
+        """A subject has a token quota: its tokens must be counted as soon as the turn ends."""
+        return any(s.rule.tokens_per_day is not None for s in self.standings)
 
 
 @dataclass(frozen=True)
@@ -253,18 +259,33 @@ class SqlUsage:
 
     # -- the ledger ----------------------------------------------------------------------
 
-    def record(self, entry: Entry, admission: Admission, subjects: list[str]) -> None:
+    def record(
+        self, entry: Entry, admission: Admission, subjects: list[str], at_once: bool = False, counts: bool = True
+    ) -> None:
         """Add a turn to the ledger and its tokens (and, where admission did not count it, its request)
-        to each subject's day, in one transaction."""
+        to each subject's day, together.
+
+        The write is deferred to this process's next write transaction (the one that stores the turn's
+        conversation, typically, or the next turn's), or 50 ms from now if none comes; at_once writes it
+        now, for a subject with a token quota that another worker may be about to check.
+        """
         tokens = entry.prompt_tokens + entry.completion_tokens
-        with self._store.write() as db:
-            db.execute(insert(usage_ledger).values(day=admission.day, **vars(entry)))
+        values, day = {"day": admission.day, **vars(entry)}, admission.day
+        counted = tuple(admission.counted) if counts else tuple(subjects)  # counted already, or not at all
+
+        def write(db) -> None:
+            db.execute(_LEDGER, values)
             for subject in subjects:
-                self._bump(db, subject, admission.day, 0 if subject in admission.counted else 1, tokens)
+                self._bump(db, subject, day, 0 if subject in counted else 1, tokens)
+
+        self._store.defer(write)
+        if at_once:
+            self._store.flush()
 
     def today(self, subject: str, now: float | None = None) -> tuple[int, int]:
         """(requests, tokens) a subject has used today."""
         now = time.time() if now is None else now
+        self._store.flush()  # this process's last turns first
         with self._store.engine.connect() as db:
             row = db.execute(
                 select(usage_days.c.requests, usage_days.c.tokens).where(
@@ -307,6 +328,7 @@ class SqlUsage:
             query = query.where(and_(*scope))
         if columns:
             query = query.group_by(*columns).order_by(func.count().desc(), *columns)
+        self._store.flush()  # this process's last turns first (other processes' are at most 50 ms behind)
         with self._store.engine.connect() as db:
             rows = db.execute(query).mappings().all()
         out = []

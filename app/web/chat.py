@@ -9,7 +9,7 @@ from flask import flash, redirect, render_template, request, url_for
 
 from app import auth
 from app.context import services
-from app.errors import AppError
+from app.errors import AppError, error_headers
 from app.render import reply_only_response
 from app.sse import chat_stream
 from app.store.users import User
@@ -35,7 +35,7 @@ def _ask():
     form = ChatForm()
     valid = form.validate()  # first: validating clears errors, and _form_user may add one
     user = _form_user(form)
-    status = 400 if not valid else 401
+    status, headers = 400 if not valid else 401, {}
     if valid and user is not None:
         options = {
             "conversation_id": form.conversation_id.data or None,
@@ -50,14 +50,15 @@ def _ask():
             answer = services().chat.ask(own(user), form.prompt.data, **options)
         except AppError as exc:
             attach_error(form, exc)
-            status = exc.status
+            status, headers = exc.status, error_headers(exc)  # a 429 says when to come back, as /api does
         else:
             if form.reply_only.data:
                 return reply_only_response(answer["reply"], form.pretty.data)
             form.prompt.data = ""
             form.conversation_id.data = answer["conversation_id"]
             return _page(user, form, answer["conversation_id"], answer=answer)
-    return _page(user, form, form.conversation_id.data, status=status)
+    page, status = _page(user, form, form.conversation_id.data, status=status)
+    return page, status, headers
 
 
 def _wants_stream(form: ChatForm) -> bool:
