@@ -1,14 +1,26 @@
-"""The hot path of an older commit against this working tree: both servers at once, rounds alternated.
+"""The hot path of an older commit (or of any tree) against this working tree: both servers at once, rounds alternated.
 
     python3 bench/compare.py                          # against 0914cf4 (before issue 9), 5 rounds
     python3 bench/compare.py --base 0914cf4 --rounds 7 --requests 300 --c32-rounds 3
     python3 bench/compare.py --c32-rounds 0           # concurrency 1 only
+    LIMITS='{"limits": {"admin": {"requests_per_minute": 1000000, "requests_per_day": 1000000000,
+            "tokens_per_day": 1000000000000}}}'       # limits that never refuse, on the bench key's role
+    python3 bench/compare.py --base 5c5338f --new-settings "$LIMITS"     # before issue 10 vs limits on
+    python3 bench/compare.py --base . --new-settings "$LIMITS"           # this tree: limits off vs on
 
 What runs, all on 127.0.0.1: one fast fake upstream (bench/fastfake.py), and two servers, each
 `python3 main.py --settings <tmp>/settings.json --port <free>` (gunicorn, the settings defaults)
 with one openai account pointing at that fake: "old" from `git archive BASE` unpacked into a
-temporary folder, "new" from this working tree. They run side by side on different ports and
+temporary folder (or, when BASE is a folder such as `.`, that folder's files as they are,
+uncommitted changes included), "new" from this working tree. --old-settings / --new-settings
+(a JSON object) are merged over that side's settings at the top level; an older tree refuses keys
+it does not know, such as "limits" before issue 10. They run side by side on different ports and
 their own databases, so a machine that speeds up or slows down touches both alike.
+
+The requests all use the bench's admin key (ADMIN_API_KEY), so limits meant for them go on the
+"admin" role. Before measuring, one /api/chat and one /v1 request per side show the key's role and
+the x-ratelimit-* headers of the answers; a side given "limits" whose answers carry no such
+header stops the run (the limits would not be on the measured path).
 
 Each round measures the fake directly (JSON and streamed, concurrency 1), then every cell on old
 and on new back to back (old first in odd rounds, new first in even ones):
@@ -41,12 +53,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import requests
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
-from run import HOST, Routes, raise_fd_limit, start_fake, start_server, stop  # noqa: E402
+from run import HOST, Routes, openai_body, raise_fd_limit, start_fake, start_server, stop  # noqa: E402
 
 CELLS = {  # name: (label, route, stream)
     "api": ("/api/chat JSON, new conversation", "api", False),
@@ -60,10 +74,10 @@ CELLS = {  # name: (label, route, stream)
 class Side:
     """One server under test."""
 
-    def __init__(self, label: str, tree: Path, folder: Path, fake_port: int):
+    def __init__(self, label: str, tree: Path, folder: Path, fake_port: int, extra: dict):
         folder.mkdir()
-        self.label, self.folder = label, folder
-        self.proc, url = start_server(folder, f"http://{HOST}:{fake_port}/v1", root=tree)
+        self.label, self.folder, self.extra = label, folder, extra
+        self.proc, url = start_server(folder, f"http://{HOST}:{fake_port}/v1", root=tree, extra=extra)
         self.port = int(url.rsplit(":", 1)[1])
         self.routes = Routes(fake_port, self.port)
 
@@ -122,11 +136,45 @@ def unpack(rev: str, folder: Path) -> str:
     return short
 
 
-def describe_tree() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    changed = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+def describe_tree(tree: Path = ROOT) -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True).stdout
+    changed = subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout
     count = len([line for line in changed.splitlines() if line.strip()])
-    return f"working tree at {head.strip()}" + (f" + {count} changed/new files" if count else "")
+    where = "this working tree" if tree == ROOT else f"the tree in {tree}"
+    return f"{where} at {head.strip() or '?'}" + (f" + {count} changed/new files" if count else "")
+
+
+def settings_arg(text: str) -> dict:
+    """--old-settings / --new-settings: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, such as {"limits": {...}}')
+    return value
+
+
+def check_limits(side: Side) -> str:
+    """One /api/chat and one /v1 answer: the key's role and their x-ratelimit-* headers, as a line to print.
+    A side given "limits" whose answers carry none of those headers stops the run."""
+    url = f"http://{HOST}:{side.port}"
+    auth = side.routes.auth
+    me = requests.get(url + "/api/me", headers=auth, timeout=10)
+    about = me.json() if me.ok else {}
+    role = f"key role {about.get('role', '?')}"
+    if "effective_limits" in about:
+        role += f", effective limits {json.dumps(about['effective_limits'], separators=(',', ':'))}"
+    shown = []
+    for path, body in (("/api/chat", {"prompt": "hello"}), ("/v1/chat/completions", json.loads(openai_body(False)))):
+        answer = requests.post(url + path, json=body, headers=auth, timeout=30)
+        if answer.status_code != 200:
+            raise SystemExit(f"{side.label}: {path} answered {answer.status_code}: {answer.text[:300]}")
+        found = {k.lower(): v for k, v in answer.headers.items() if k.lower().startswith("x-ratelimit-")}
+        if "limits" in side.extra and not found:
+            raise SystemExit(f"{side.label} was given limits, but its {path} answer has no x-ratelimit-* header")
+        shown.append(f"{path} " + (", ".join(f"{k}: {v}" for k, v in sorted(found.items())) or "no x-ratelimit-*"))
+    return f"{side.label}: {role}; " + "; ".join(shown)
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -220,7 +268,13 @@ async def compare(args, sides: list[Side], fake_port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="0914cf4", help="the older commit (default 0914cf4, before issue 9)")
+    parser.add_argument(
+        "--base",
+        default="0914cf4",
+        help="the older commit (default 0914cf4, before issue 9), or a folder to run as it is (. = this tree)",
+    )
+    parser.add_argument("--old-settings", type=settings_arg, default={}, metavar="JSON", help="merged into old's")
+    parser.add_argument("--new-settings", type=settings_arg, default={}, metavar="JSON", help="merged into new's")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=300, help="requests per cell, side and round at c=1")
     parser.add_argument("--direct-requests", type=int, default=1000, help="requests straight to the fake per round")
@@ -235,20 +289,32 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        base_tree = folder / "base-tree"
-        base_tree.mkdir()
-        short = unpack(args.base, base_tree)
+        if Path(args.base).is_dir():
+            base_tree = Path(args.base).resolve()
+            old_tree = describe_tree(base_tree)
+        else:
+            base_tree = folder / "base-tree"
+            base_tree.mkdir()
+            old_tree = f"{unpack(args.base, base_tree)} (git archive)"
         fake, fake_port = start_fake(folder)
         sides = []
         try:
-            sides.append(Side("old", base_tree, folder / "old", fake_port))
-            sides.append(Side("new", ROOT, folder / "new", fake_port))
+            sides.append(Side("old", base_tree, folder / "old", fake_port, args.old_settings))
+            sides.append(Side("new", ROOT, folder / "new", fake_port, args.new_settings))
             load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+            def extra(side: Side) -> str:
+                return f" + {json.dumps(side.extra, separators=(',', ':'))}" if side.extra else ""
+
             print(
                 f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, open files "
-                f"limit {limit}, load average {load}; old = {short} (git archive), new = {describe_tree()}; "
+                f"limit {limit}, load average {load}; old = {old_tree}, new = {describe_tree()}; "
                 "both: main.py with the settings defaults, one openai account on one fast fake"
             )
+            for side in sides:
+                print(f"  {side.label} settings: the defaults{extra(side)}")
+            for side in sides:
+                print("  check: " + check_limits(side))
             asyncio.run(compare(args, sides, fake_port))
         finally:
             for side in sides:

@@ -87,18 +87,21 @@ def start_server(
     server: dict | None = None,
     root: Path = ROOT,
     accounts: list[dict] | None = None,
+    extra: dict | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start `main.py` on a free port with one openai account at upstream_url; wait until it answers.
 
     server: what goes into the settings' "server" section (empty: the settings defaults).
     root: the source tree whose main.py runs (bench/compare.py passes an older commit's).
-    accounts: the settings' accounts instead of the one at upstream_url (bench/failover.py)."""
+    accounts: the settings' accounts instead of the one at upstream_url (bench/failover.py).
+    extra: more settings, merged over the others at the top level (bench/compare.py's --old/--new-settings)."""
     port = free_port()
     settings = {
         "app_secret": "bench",
         "accounts": accounts or [openai_account("fake", upstream_url)],
         "server": dict(server or {}),
         "max_connections_per_address": 0,  # every load-generator connection comes from 127.0.0.1
+        **(extra or {}),
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     with (folder / "server.log").open("w") as log:  # the access log too: read it when something fails
