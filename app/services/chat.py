@@ -233,7 +233,7 @@ class ChatService:
                 front=front,
                 account=None,
                 model=None,
-                usage=None,
+                usage={"prompt_tokens": 0, "completion_tokens": 0},  # nothing was sent: no estimate either
                 sent_chars=0,
                 reply_chars=0,
                 outcome="error",

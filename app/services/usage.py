@@ -135,6 +135,8 @@ class UsageService:
 
     def _scope(self, actor: User, user_id: str | None) -> tuple[list[str] | None, str | None]:
         """(users, owner) whose turns actor may see: one user, a client's users, or (None, None) everyone."""
+        if user_id == actor.user_id:
+            return [actor.user_id], None
         if user_id:
             return [self.users.visible(actor, user_id).user_id], None
         if actor.role == "admin":

@@ -144,7 +144,9 @@ def _sqlite_pragmas(busy_ms: int):
     def apply(dbapi_conn, _record) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # journal_mode=WAL is kept in the file itself, set once by __init__: asking again on every new
+        # connection takes a lock, which a writer's connection (busy_timeout 0) fails to get while another
+        # worker or thread is writing.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -171,6 +173,9 @@ class SqlConversationStore:
                 # Conversations are private: make the file owner-only before SQLite creates it
                 # (SQLite gives its -wal and -shm files the same mode).
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as db:  # waits up to READ_BUSY_MS if another process is writing
+                db.exec_driver_sql("PRAGMA journal_mode=WAL")
         metadata.create_all(self.engine)
         atexit.register(self._flush_at_exit)
         self._deferred: list[list] = []  # [write, tries] waiting for this process's next write transaction

@@ -25,18 +25,14 @@ from sqlalchemy import (
     String,
     Table,
     and_,
-    bindparam,
     case,
-    delete,
     func,
-    insert,
     or_,
     select,
-    update,
 )
 
 from app.store.conversations import metadata
-from app.store.pool_state import _insert_missing
+from app.store.raw import Raw
 
 WINDOW = 60.0  # seconds a per-minute limit counts over
 
@@ -73,35 +69,48 @@ usage_days = Table(
     Column("tokens", Integer, nullable=False, default=0),
 )
 
-# When each limited subject's requests of the last minute began: what per-minute limits are checked against.
-usage_hits = Table(
-    "usage_hits",
+# Each limited subject's requests per second of the last minute: what per-minute limits are checked against.
+# At most 60 rows a subject, whatever the traffic, so a check costs the same at 1 request a minute or 10,000.
+usage_seconds = Table(
+    "usage_seconds",
     metadata,
-    Column("hit_id", Integer, primary_key=True, autoincrement=True),
-    Column("subject", String(128), nullable=False),
-    Column("at", Float, nullable=False),
+    Column("subject", String(128), primary_key=True),
+    Column("second", Integer, primary_key=True),  # whole seconds since the epoch
+    Column("requests", Integer, nullable=False),
 )
-Index("ix_usage_hits_subject_at", usage_hits.c.subject, usage_hits.c.at)
 
-_BUMP = (
-    update(usage_days)
-    .where(usage_days.c.subject == bindparam("s"), usage_days.c.day == bindparam("d"))
-    .values(requests=usage_days.c.requests + bindparam("r"), tokens=usage_days.c.tokens + bindparam("t"))
-    .returning(usage_days.c.requests, usage_days.c.tokens)
+# Every turn runs these (app/store/raw.py): (subject, day, requests, tokens) -> (requests, tokens) after.
+_BUMP = Raw(
+    "UPDATE usage_days SET requests = requests + ?, tokens = tokens + ? WHERE subject = ? AND day = ?"
+    " RETURNING requests, tokens"
 )
-_OLD_HITS = delete(usage_hits).where(usage_hits.c.subject == bindparam("s"), usage_hits.c.at <= bindparam("before"))
-_HITS = select(func.count()).select_from(usage_hits).where(usage_hits.c.subject == bindparam("s"))
-_NTH_HIT = (
-    select(usage_hits.c.at)
-    .where(usage_hits.c.subject == bindparam("s"))
-    .order_by(usage_hits.c.at)
-    .limit(1)
-    .offset(bindparam("skip"))
+_NEW_DAY = Raw("INSERT INTO usage_days (subject, day, requests, tokens) VALUES (?, ?, 0, 0) ON CONFLICT DO NOTHING")
+_SECONDS = Raw(  # the last minute's requests, per second, oldest first
+    "SELECT second, requests FROM usage_seconds WHERE subject = ? AND second > ? ORDER BY second"
 )
-_NEWEST_HIT = select(func.max(usage_hits.c.at)).where(usage_hits.c.subject == bindparam("s"))
-_LEDGER = insert(usage_ledger)
-_HIT = insert(usage_hits).values(subject=bindparam("s"), at=bindparam("at"))
-_UNHIT = delete(usage_hits).where(usage_hits.c.hit_id.in_(bindparam("ids", expanding=True)))
+_OLD_SECONDS = Raw("DELETE FROM usage_seconds WHERE subject = ? AND second <= ?")
+_COUNT_SECOND = Raw("UPDATE usage_seconds SET requests = requests + ? WHERE subject = ? AND second = ?")
+_NEW_SECOND = Raw("INSERT INTO usage_seconds (subject, second, requests) VALUES (?, ?, 0) ON CONFLICT DO NOTHING")
+LEDGER_COLUMNS = [
+    "at",
+    "day",
+    "user_id",
+    "client_id",
+    "owner_id",
+    "account",
+    "model",
+    "front",
+    "prompt_tokens",
+    "completion_tokens",
+    "estimated",
+    "duration_ms",
+    "outcome",
+    "status",
+]
+_LEDGER = Raw(
+    "INSERT INTO usage_ledger (at, day, user_id, client_id, owner_id, account, model, front, prompt_tokens,"
+    " completion_tokens, estimated, duration_ms, outcome, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 GROUPS = {
     "user": usage_ledger.c.user_id,
@@ -162,7 +171,7 @@ class Admission:
     day: str
     at: float
     counted: list[str] = field(default_factory=list)  # subjects whose request was counted at admission
-    hits: list[int] = field(default_factory=list)
+    seconds: list[str] = field(default_factory=list)  # subjects whose request was counted in this second
     standings: list[Standing] = field(default_factory=list)
 
     @property
@@ -222,29 +231,39 @@ class SqlUsage:
         return admission
 
     def _minute(self, db, rule: Rule, standing: Standing, now: float, admission: Admission) -> Standing:
-        """Check and count the per-minute limit inside the admission's transaction."""
-        db.execute(_OLD_HITS, {"s": rule.subject, "before": now - WINDOW})
-        count = db.execute(_HITS, {"s": rule.subject}).scalar_one()
-        limit = rule.requests_per_minute
+        """Check and count the per-minute limit inside the admission's transaction.
+
+        The minute is the current second and the 59 before it; a second's requests leave the window together.
+        """
+        second, subject, limit = int(now), rule.subject, rule.requests_per_minute
+        buckets = _SECONDS.run(db, subject, second - WINDOW).fetchall()  # [(second, requests)], oldest first
+        count = sum(requests for _second, requests in buckets)
         if count >= limit:  # room comes when enough of the minute's requests have left it
-            oldest = db.execute(_NTH_HIT, {"s": rule.subject, "skip": count - limit}).scalar() if limit else None
-            wait = max(0.001, oldest + WINDOW - now) if oldest is not None else WINDOW
-            newest = db.execute(_NEWEST_HIT, {"s": rule.subject}).scalar()
-            full = max(0.001, newest + WINDOW - now) if newest is not None else WINDOW  # back to the whole limit
+            wait, left = WINDOW, count
+            for bucket_second, requests in buckets:
+                left -= requests
+                if left < limit:
+                    wait = bucket_second + WINDOW - now
+                    break
+            full = buckets[-1][0] + WINDOW - now if buckets else WINDOW  # back to the whole limit
             refused = Standing(rule, count, full, standing.day_requests - 1, standing.day_tokens, standing.day_reset)
-            raise Refused("requests_per_minute", refused, wait)
-        admission.hits.append(db.execute(_HIT, {"s": rule.subject, "at": now}).inserted_primary_key[0])
+            raise Refused("requests_per_minute", refused, max(0.001, wait))
+        if not _COUNT_SECOND.run(db, 1, subject, second).rowcount:
+            _OLD_SECONDS.run(db, subject, second - WINDOW)  # a new second: the old ones go
+            _NEW_SECOND.run(db, subject, second)
+            _COUNT_SECOND.run(db, 1, subject, second)
+        admission.seconds.append(subject)
         # As OpenAI's x-ratelimit-reset-requests: the time until the whole limit is free again, which is when
         # this request (the newest) leaves the window.
         return Standing(rule, count + 1, WINDOW, standing.day_requests, standing.day_tokens, standing.day_reset)
 
     @staticmethod
     def _bump(db, subject: str, day: str, requests: int, tokens: int) -> tuple[int, int]:
-        row = db.execute(_BUMP, {"s": subject, "d": day, "r": requests, "t": tokens}).first()
+        row = _BUMP.run(db, requests, tokens, subject, day).fetchone()
         if row is None:  # the subject's first request of the day
-            _insert_missing(db, usage_days, subject=subject, day=day, requests=0, tokens=0)
-            row = db.execute(_BUMP, {"s": subject, "d": day, "r": requests, "t": tokens}).first()
-        return row.requests, row.tokens
+            _NEW_DAY.run(db, subject, day)
+            row = _BUMP.run(db, requests, tokens, subject, day).fetchone()
+        return row[0], row[1]
 
     def take_back(self, admission: Admission) -> None:
         """Uncount an admitted request that never reached an upstream (it was refused before one was asked)."""
@@ -252,10 +271,10 @@ class SqlUsage:
             return
         with self._store.write() as db:
             for subject in admission.counted:
-                db.execute(_BUMP, {"s": subject, "d": admission.day, "r": -1, "t": 0})
-            if admission.hits:
-                db.execute(_UNHIT, {"ids": admission.hits})
-        admission.counted, admission.hits = [], []
+                _BUMP.run(db, -1, 0, subject, admission.day).fetchall()
+            for subject in admission.seconds:
+                _COUNT_SECOND.run(db, -1, subject, int(admission.at))
+        admission.counted, admission.seconds = [], []
 
     # -- the ledger ----------------------------------------------------------------------
 
@@ -271,10 +290,11 @@ class SqlUsage:
         """
         tokens = entry.prompt_tokens + entry.completion_tokens
         values, day = {"day": admission.day, **vars(entry)}, admission.day
+        row = [values[name] for name in LEDGER_COLUMNS]
         counted = tuple(admission.counted) if counts else tuple(subjects)  # counted already, or not at all
 
         def write(db) -> None:
-            db.execute(_LEDGER, values)
+            _LEDGER.run(db, *row)
             for subject in subjects:
                 self._bump(db, subject, day, 0 if subject in counted else 1, tokens)
 

@@ -261,7 +261,7 @@ class JsonUserStore(UserStore):
             users = list(self._users.values())
         if created_by is not None:
             users = [u for u in users if u.created_by == created_by]
-        return sorted(users, key=lambda u: (u.created_at, u.user_id))
+        return sorted(users, key=lambda u: u.created_at)  # stable: within a second, in the order they were made
 
     def find_external(self, created_by: str, external_id: str) -> User | None:
         self._fresh()

@@ -1,17 +1,28 @@
-"""Managing users in the browser (admins and clients): the same service calls as /api/users."""
+"""Managing users in the browser (admins and clients): the same service calls as /api/users.
+
+The list is paged and searchable; each user's edit page sends only what changed. A limit box holds
+a number, the word "none" (no limit) or nothing (the role's default).
+"""
 
 from __future__ import annotations
+
+import re
 
 from flask import flash, redirect, render_template, request, url_for
 
 from app import auth
+from app.api.params import WHOLE, number
 from app.context import services
 from app.errors import AppError, Forbidden
-from app.store.users import User
-from app.web.forms import ConfirmForm, UserForm
+from app.services.quota import WHAT
+from app.store.users import LIMIT_KEYS, User
+from app.web.forms import ConfirmForm, SearchForm, UserEditForm, UserForm
 from app.web.helpers import attach_error, require_user
 
 NO_STORE = {"Cache-Control": "no-store"}  # pages that may show a key
+PAGE = 50  # users a page
+NO_LIMIT = "none"
+LIMIT_IN_MESSAGE = re.compile(r"^limits\.(\w+):")
 
 
 def _manager() -> User:
@@ -80,6 +91,112 @@ def delete(user_id: str):
     return page, 200, NO_STORE
 
 
+def edit(user_id: str):
+    """Show a user's name, plus, role and limits in a form; on POST send what changed."""
+    actor = _manager()
+    target = services().users.visible(actor, user_id)
+    if request.method == "GET":
+        return _edit_page(target, UserEditForm(data=_shown(target)), 200)
+    form = UserEditForm()
+    status = 400
+    if form.validate():
+        changes = _changes(actor, form, target)
+        if not changes:
+            flash(f"Nothing changed on {target.username}.")
+            return redirect(url_for("web.users"), 303)
+        try:
+            updated = services().users.update(actor, target.user_id, changes)
+        except AppError as exc:
+            _attach(form, exc)
+            status = exc.status
+        else:
+            flash(f"Saved {updated.username}.")
+            return redirect(url_for("web.users"), 303)
+    return _edit_page(target, form, status)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def pager(endpoint: str, total: int, offset: int, size: int = PAGE) -> dict:
+    """Say where this page starts and ends, and link the pages before and after it, keeping the other parameters."""
+    kept = {key: value for key, value in request.args.items() if key != "offset" and value}
+
+    def at(start: int) -> str:
+        return url_for(endpoint, **kept, **({"offset": start} if start else {}))
+
+    return {
+        "first": offset + 1 if offset < total else 0,
+        "last": min(total, offset + size),
+        "total": total,
+        "previous": at(max(0, offset - size)) if offset > 0 else None,
+        "next": at(offset + size) if offset + size < total else None,
+    }
+
+
+def limits_text(limits: dict) -> str:
+    """Put limits in words: "10 requests a minute, 500 tokens a day", or "no limits"."""
+    said = [f"{limits[key]} {WHAT[key]}" for key in LIMIT_KEYS if limits.get(key) is not None]
+    return ", ".join(said) or "no limits"
+
+
+def _shown(user: User) -> dict:
+    """Fill the edit form from a user: its fields, and its own limits (empty: the role's default)."""
+    own = user.limits or {}
+    limits = {key: ("" if key not in own else NO_LIMIT if own[key] is None else str(own[key])) for key in LIMIT_KEYS}
+    return {"username": user.username, "role": user.role, "plus": user.plus, **limits}
+
+
+def _limit(text: str) -> int | str | None:
+    """Read a typed limit: "none" is None, digits a number, anything else stays as typed for the service to refuse."""
+    if text.casefold() == NO_LIMIT:
+        return None
+    return int(text) if WHOLE.fullmatch(text) else text
+
+
+def _changes(actor: User, form: UserEditForm, target: User) -> dict:
+    """Return the fields that differ from the user as it is; plus and role only where the form offered them."""
+    changes = {}
+    if form.username.data.strip() != target.username:
+        changes["username"] = form.username.data
+    if (actor.role == "admin" or actor.plus) and form.plus.data != target.plus:
+        changes["plus"] = form.plus.data
+    if actor.role == "admin" and form.role.data != target.role:
+        changes["role"] = form.role.data
+    typed = {key: (form[key].data or "").strip() for key in LIMIT_KEYS}
+    limits = {key: _limit(text) for key, text in typed.items() if text}
+    if limits != (target.limits or {}):
+        changes["limits"] = limits
+    return changes
+
+
+def _attach(form: UserEditForm, exc: AppError) -> None:
+    """Put a limit's error next to its box (the message names it), any other where attach_error puts it."""
+    found = LIMIT_IN_MESSAGE.match(exc.message) if exc.param == "limits" else None
+    if found and found.group(1) in LIMIT_KEYS:
+        form[found.group(1)].errors = [*form[found.group(1)].errors, exc.message]
+    else:
+        attach_error(form, exc)
+
+
 def _page(actor: User, form: UserForm, created: dict | None, status: int):
-    response = render_template("admin_users.html", form=form, users=services().users.list(actor), created=created)
+    search = SearchForm(request.args)
+    offset = number(request.args, "offset", 0)
+    shown, total = services().users.search(actor, search.q.data, offset, PAGE)
+    limits = {u.user_id: limits_text(services().quota.limits_of(u)) for u in shown}
+    context = {"users": shown, "limits": limits, "search": search, "pager": pager("web.users", total, offset)}
+    response = render_template("admin_users.html", form=form, created=created, **context)
     return response, status, NO_STORE
+
+
+def _edit_page(target: User, form: UserEditForm, status: int):
+    quota = services().quota
+    context = {
+        "target": target,
+        "applied": quota.limits_of(target),
+        "defaults": quota.limits_of(target.replace(limits=None)),
+        "owner": quota.owner_of(target),
+        "what": WHAT,
+        "no_limit": NO_LIMIT,
+    }
+    return render_template("admin_user_edit.html", form=form, **context), status, NO_STORE

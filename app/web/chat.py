@@ -70,10 +70,12 @@ def _form_user(form: ChatForm) -> User | None:
     key = (form.api_key.data or "").strip()
     if key:
         try:
-            auth.log_in(services().users.authenticate(key, request.remote_addr))
+            user = services().users.authenticate(key, request.remote_addr)
         except AppError as exc:
             form.api_key.errors = [key_problem(exc)]
             return None
+        auth.log_in(user)
+        services().audit.record(user, "login", user.user_id, page="chat")
     user = auth.session_user()
     if user is None and not key:
         form.api_key.errors = ["Log in first, or paste your API key here."]

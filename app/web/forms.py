@@ -11,6 +11,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.fields import SelectChoice
 from wtforms.validators import InputRequired
+from wtforms.widgets import DateInput, SearchInput
 
 PLUS_CHOICES = [
     SelectChoice("false", "Free accounts"),
@@ -83,3 +84,47 @@ class AccountForm(FlaskForm):
 
 class AddAccountForm(AccountForm):
     name = StringField("Name", validators=[InputRequired("Type a name for the new account.")])
+
+
+class UserEditForm(FlaskForm):
+    """A user's name, plus, role and own limits: a number, "none" (no limit) or empty (the role's default)."""
+
+    username = StringField("Name", validators=[InputRequired("Type a name.")])
+    role = SelectField("Role", choices=ROLE_CHOICES, validate_choice=False)  # the service checks
+    plus = BooleanField("Plus")
+    requests_per_minute = StringField("Requests a minute")
+    requests_per_day = StringField("Requests a day")
+    tokens_per_day = StringField("Tokens a day")
+
+
+class SearchForm(FlaskForm):
+    """The users page's search box (a GET form: nothing to protect)."""
+
+    class Meta:
+        csrf = False
+
+    q = StringField("Search by name or id", widget=SearchInput())
+
+
+class UsageForm(FlaskForm):
+    """The usage page's date range and user (a GET form)."""
+
+    class Meta:
+        csrf = False
+
+    first = StringField("From", name="from", widget=DateInput())
+    last = StringField("To", name="to", widget=DateInput())
+    user_id = StringField("User id (optional)")
+
+
+class AuditForm(FlaskForm):
+    """The audit page's filters (a GET form)."""
+
+    class Meta:
+        csrf = False
+
+    actor = StringField("Who (user id)")
+    action = SelectField("Action", validate_choice=False)  # the choices are the page's
+    target = StringField("To whom or what")
+    first = StringField("From", name="from", widget=DateInput())
+    last = StringField("To", name="to", widget=DateInput())

@@ -16,7 +16,7 @@ from app import auth
 from app.context import services
 from app.errors import AppError
 from app.render import render_markdown
-from app.web import accounts, admin, chat
+from app.web import accounts, admin, audit, chat, usage
 from app.web.forms import ConfirmForm, LoginForm
 from app.web.helpers import key_problem, safe_next
 
@@ -39,7 +39,7 @@ def _log_in_from_url():
     rest = [(k, v) for k, v in request.args.items(multi=True) if k not in URL_KEY_PARAMS]
     clean = request.path + ("?" + urlencode(rest) if rest else "")
     try:
-        user = services().users.authenticate(key)
+        user = services().users.authenticate(key, request.remote_addr)
     except AppError as exc:
         form = LoginForm(formdata=None, next=clean)
         form.api_key.errors = [key_problem(exc)]
@@ -97,7 +97,7 @@ def login():
     status = 400
     if form.validate():
         try:
-            user = services().users.authenticate(form.api_key.data.strip())
+            user = services().users.authenticate(form.api_key.data.strip(), request.remote_addr)
         except AppError as exc:
             form.api_key.errors = [key_problem(exc)]
             status = exc.status
@@ -108,6 +108,7 @@ def login():
 
 def _logged_in(user, next_path: str | None):
     auth.log_in(user)
+    services().audit.record(user, "login", user.user_id, page="login")
     flash(f"Logged in as {user.username}.")
     return redirect(safe_next(next_path) or url_for("web.chat"), 303)
 
@@ -139,6 +140,7 @@ def register(app: Flask) -> None:
         (pages["recall"], "recall", chat.recall, ["GET"]),
         (pages["admin_users"], "users", admin.users, ["GET", "POST"]),
         (pages["admin_add_user"], "add_user", admin.users, ["GET", "POST"]),
+        (pages["admin_users"] + "/<user_id>/edit", "edit_user", admin.edit, ["GET", "POST"]),
         (pages["admin_users"] + "/<user_id>/key", "rotate", admin.rotate, ["POST"]),
         (pages["admin_users"] + "/<user_id>/delete", "delete_user", admin.delete, ["GET", "POST"]),
         (pages["admin_accounts"], "accounts", accounts.accounts, ["GET", "POST"]),
@@ -148,6 +150,8 @@ def register(app: Flask) -> None:
         (pages["admin_accounts"] + "/<name>/clear", "clear_account", accounts.clear, ["POST"]),
         (pages["admin_accounts"] + "/<name>/test", "test_account", accounts.test, ["POST"]),
         (pages["admin_accounts"] + "/<name>/delete", "delete_account", accounts.delete, ["GET", "POST"]),
+        (pages["admin_usage"], "usage", usage.usage, ["GET"]),
+        (pages["admin_audit"], "audit", audit.audit, ["GET"]),
     ]
     bp = Blueprint("web", __name__)  # one per app: tests build many apps, each with its own paths
     for path, endpoint, view, methods in rules:
