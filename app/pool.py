@@ -112,8 +112,11 @@ class Pool:
         accounts = [a for a in self.enabled() if klass == "any" or a.plus == (klass == "plus")]
         return klass, accounts
 
-    def pick(self, plus: str, user_plus: bool, exclude: Iterable[str] = ()) -> Lease:
-        """Take the next eligible account for a new conversation (healthy, with room), waiting for room."""
+    def pick(self, plus: str, user_plus: bool, exclude: Iterable[str] = (), first=None) -> Lease:
+        """Take the next eligible account for a new conversation (healthy, with room), waiting for room.
+
+        first: work for the choice's own transaction (SqlPoolState.choose), such as the turn's admission.
+        """
         klass, accounts = self.eligible(plus, user_plus)
         if not accounts:
             raise NoAccountAvailable(
@@ -121,9 +124,9 @@ class Pool:
                 f"{'ask for plus=any or ' if klass == 'plus' else ''}"
                 "add one to settings.json"
             )
-        return self._take(klass, [a for a in accounts if a.name not in exclude], klass)
+        return self._take(klass, [a for a in accounts if a.name not in exclude], klass, first=first)
 
-    def pick_model(self, model: str | None, user_plus: bool, exclude: Iterable[str] = ()) -> Lease:
+    def pick_model(self, model: str | None, user_plus: bool, exclude: Iterable[str] = (), first=None) -> Lease:
         """Take the next account serving model among all the caller may use (any account when model is empty)."""
         _klass, accounts = self.eligible("any", user_plus)
         if model:
@@ -133,9 +136,10 @@ class Pool:
                 raise NotFound(f"the model {model!r} does not exist or you do not have access to it", param="model")
             raise NoAccountAvailable("no enabled account is configured; add one to settings.json")
         cursor = f"model:{model or '*'}:{int(user_plus)}"
-        return self._take(cursor, [a for a in accounts if a.name not in exclude], f"model {model}" if model else "")
+        what = f"model {model}" if model else ""
+        return self._take(cursor, [a for a in accounts if a.name not in exclude], what, first=first)
 
-    def replacement(self, klass: str, user_plus: bool, exclude: Iterable[str]) -> Lease:
+    def replacement(self, klass: str, user_plus: bool, exclude: Iterable[str], first=None) -> Lease:
         """Take another account of klass for a conversation whose history is kept here (stateless types)."""
         if klass == "plus" and not user_plus:
             raise Forbidden("this conversation runs on a plus account, and this key is not plus", param="plus")
@@ -150,7 +154,7 @@ class Pool:
                 f"this conversation's account is unavailable and no other {klass} account can carry it on; "
                 "try again later or start a new conversation"
             )
-        return self._take(klass, accounts, klass)
+        return self._take(klass, accounts, klass, first=first)
 
     def pinned(self, account_name: str) -> tuple[str, Health | None]:
         """Return the state of a conversation's account ("removed" if it is gone) and its health."""
@@ -162,13 +166,13 @@ class Pool:
         health = self.state.health([account_name])[account_name]
         return health.current_state(time.time()), health
 
-    def take_pinned(self, account_name: str) -> Lease | None:
+    def take_pinned(self, account_name: str, first=None) -> Lease | None:
         """Take a lease on a follow-up's own account, waiting for room as a new conversation would;
         None if it is removed, disabled or unhealthy (pinned() then says which)."""
         account = self.accounts.get(account_name)
         if account is None or not account.enabled:
             return None
-        return self._take(None, [account], "", unhealthy_is_none=True)
+        return self._take(None, [account], "", unhealthy_is_none=True, first=first)
 
     def gone(self, account_name: str, state: str) -> Conflict:
         why = "is no longer configured" if state == "removed" else "is disabled"
@@ -176,7 +180,9 @@ class Pool:
             f"this conversation is pinned to account {account_name!r}, which {why}; start a new conversation"
         )
 
-    def _take(self, cursor: str | None, accounts: list[Account], what: str, unhealthy_is_none: bool = False):
+    def _take(
+        self, cursor: str | None, accounts: list[Account], what: str, unhealthy_is_none: bool = False, first=None
+    ):
         """Choose among accounts (round robin by cursor); wait up to queue_timeout while all healthy ones are full.
 
         When none is healthy: NoAccountAvailable, or None with unhealthy_is_none (the caller decides).
@@ -184,7 +190,8 @@ class Pool:
         candidates = [Candidate(a.name, a.max_concurrent, a.rpm) for a in accounts]
         deadline, pause = time.monotonic() + self.queue_timeout, 0.02
         while True:
-            choice = self.state.choose(cursor, candidates) if candidates else Choice(None)
+            choice = self.state.choose(cursor, candidates, first=first) if candidates else Choice(None)
+            first = None  # done with the first look, whatever it found
             if choice.name is not None:
                 upstream = self.upstreams.get(choice.name)
                 if upstream is not None:

@@ -6,7 +6,8 @@ Starts the fast fake upstream and the server (settings defaults, one worker so t
 every request), drives it with the benchmark's load generator, samples that worker with py-spy
 (`pip install py-spy`) and prints the share of samples spent in each of our functions and in the
 libraries underneath, inclusive of what they call, and that as µs of busy worker per request.
---route follow sends follow-ups spread over 200 conversations; --base REV profiles the tree of an
+--route follow sends follow-ups spread over 200 conversations; --settings '{"limits": ...}' adds
+settings; --base REV profiles the tree of an
 older commit (unpacked with `git archive`, as bench/compare.py does) instead of this one.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import subprocess
 import sys
 import tempfile
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--base", help="profile this commit's tree instead of the working tree")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks in this file")
+    parser.add_argument("--settings", type=json.loads, help="a JSON object merged into the server's settings.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -61,7 +64,8 @@ def main() -> None:
             tree.mkdir()
             print(f"the tree of {unpack(args.base, tree)}")
         fake, fake_port = start_fake(Path(folder))
-        proc, url = start_server(Path(folder), f"http://{HOST}:{fake_port}/v1", {"workers": 1}, root=tree)
+        upstream = f"http://{HOST}:{fake_port}/v1"
+        proc, url = start_server(Path(folder), upstream, {"workers": 1}, root=tree, extra=args.settings)
         try:
             port = int(url.rsplit(":", 1)[1])
             worker = psutil.Process(proc.pid).children()[0].pid

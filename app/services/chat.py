@@ -14,7 +14,7 @@ from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvail
 from app.pool import PLUS_MODES, Lease, Pool, back_in, class_of, token_hash
 from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
-from app.services.quota import QuotaService, Ticket
+from app.services.quota import Admit, QuotaService, Ticket
 from app.services.usage import UsageService
 from app.store.conversations import Conversation, Message, SqlConversationStore
 from app.upstream import Delta, Done, Turn, Upstream
@@ -170,11 +170,14 @@ class ChatService:
         front: str = "api",
     ) -> Iterator[Delta | dict]:
         """Check everything, then return a generator of Delta events ending with the answer JSON."""
-        ticket = self._admit(principal)
+        admit, plan = self._admission(principal), None
         try:
-            plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus)
+            plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus, admit)
+            ticket = self._admitted(admit)
         except BaseException as exc:
-            self._turned_away(ticket, exc, front)
+            if plan is not None:
+                self.pool.released(plan.lease)
+            self._turned_away(principal, admit.ticket if admit else None, exc, front)
             raise
         return self._run(principal, plan, ticket, front)
 
@@ -189,11 +192,14 @@ class ChatService:
             raise Forbidden("admins may read other users' conversations but not chat as them")
         clean = check_messages(messages, self.max_prompt_chars)
         user_plus = principal.user.plus
-        ticket = self._admit(principal)
+        admit, lease = self._admission(principal), None
         try:
-            lease = self.pool.pick_model(model, user_plus)
+            lease = self.pool.pick_model(model, user_plus, first=admit)
+            ticket = self._admitted(admit)
         except BaseException as exc:
-            self._turned_away(ticket, exc, front)
+            if lease is not None:
+                self.pool.released(lease)
+            self._turned_away(principal, admit.ticket if admit else None, exc, front)
             raise
         turn = Turn(prompt=fold_messages(clean), model=lease.upstream.account.model, messages=tuple(clean))
         plan = Plan(lease, turn, None, None, None, replace=lambda tried: self.pool.pick_model(model, user_plus, tried))
@@ -209,27 +215,34 @@ class ChatService:
 
     # -- limits and the ledger -----------------------------------------------------------
 
-    def _admit(self, principal: Principal) -> Ticket | None:
-        """Count the turn against its user's limits (RateLimited, 429, past one) before any account is chosen."""
-        if self.quota is None:
+    def _admission(self, principal: Principal) -> Admit | None:
+        """The turn's admission under its user's limits (RateLimited, 429, past one), done in the transaction
+        that chooses its account (the pool's `first`), so that a limited turn costs no transaction more."""
+        return self.quota.admitting(principal) if self.quota is not None else None
+
+    def _admitted(self, admit: Admit | None) -> Ticket | None:
+        """The turn's ticket, admitting it now if no choice did (its own access token, say)."""
+        if admit is None:
             return None
-        ticket = self.quota.admit(principal)
+        ticket = admit.ensure()
         if self.on_admit is not None:
             self.on_admit(ticket)
         return ticket
 
-    def _turned_away(self, ticket: Ticket | None, exc: BaseException, front: str) -> None:
-        """A turn that ended before any upstream was asked: it does not count against the user's limits.
-        The server's own trouble (no account could take it) is still in the ledger, as an error."""
-        if ticket is None:
+    def _turned_away(self, principal: Principal, ticket: Ticket | None, exc: BaseException, front: str) -> None:
+        """A turn that ended before any upstream was asked: it does not count against the user's limits
+        (ticket: what its admission counted, None if it was not admitted). The server's own trouble (no
+        account could take it) is still in the ledger, as an error."""
+        if self.quota is None:
             return
-        self.quota.take_back(ticket)
+        if ticket is not None:
+            self.quota.take_back(ticket)
         if self.on_admit is not None:
             self.on_admit(None)  # its answer reports no request of a limit it did not use
         status = getattr(exc, "status", 500) if isinstance(exc, Exception) else None
         if status is not None and status >= 500 and self.usage is not None:
             self.usage.record(
-                ticket,
+                ticket or self.quota.ticket(principal),
                 front=front,
                 account=None,
                 model=None,
@@ -241,11 +254,8 @@ class ChatService:
                 counts=False,
             )
 
-    def _metered(
-        self, ticket: Ticket | None, front: str, plan: Plan, events: Iterator, stored: bool = False
-    ) -> Iterator[Delta | Done]:
-        """Pass the reply's events on, and record the turn in the ledger however it ends (stored: a whole
-        reply is stored next, whose write carries the ledger's)."""
+    def _metered(self, ticket: Ticket | None, front: str, plan: Plan, events: Iterator) -> Iterator[Delta | Done]:
+        """Pass the reply's events on, and record the turn in the ledger however it ends."""
         if ticket is None or self.usage is None:
             yield from events
             return
@@ -276,12 +286,11 @@ class ChatService:
                 reply_chars=reply_chars,
                 outcome=outcome,
                 status=status,
-                stored_next=stored and outcome == "ok",
             )
 
     # -- deciding ------------------------------------------------------------------------
 
-    def _plan(self, principal, prompt, conversation_id, plus, access_token, user_plus) -> Plan:
+    def _plan(self, principal, prompt, conversation_id, plus, access_token, user_plus, admit=None) -> Plan:
         prompt = (prompt or "").strip()
         if not prompt:
             raise BadRequest("prompt is required", param="prompt")
@@ -299,7 +308,7 @@ class ChatService:
                 lease = self.pool.own_token(access_token, user_plus)
                 return Plan(lease, Turn(prompt=prompt, model=lease.upstream.account.model), None, None, digest)
             user = principal.user.plus
-            lease = self.pool.pick(plus, user)
+            lease = self.pool.pick(plus, user, first=admit)
             turn = Turn(prompt=prompt, model=lease.upstream.account.model)
             return Plan(lease, turn, None, None, None, replace=lambda tried: self.pool.pick(plus, user, tried))
         conv = self.conversations.writable(principal, conversation_id)
@@ -310,14 +319,14 @@ class ChatService:
                 raise Forbidden("this access_token is not the one this conversation started with", param="access_token")
             lease, replace_ = self.pool.own_token(access_token, user_plus), None
         else:
-            lease, replace_ = self._follow_up_lease(principal, conv)
+            lease, replace_ = self._follow_up_lease(principal, conv, admit)
         try:
             return self._follow_up(conv, prompt, lease, replace_)
         except BaseException:
             self.pool.released(lease)
             raise
 
-    def _follow_up_lease(self, principal: Principal, conv: Conversation):
+    def _follow_up_lease(self, principal: Principal, conv: Conversation, admit=None):
         """The account a follow-up goes to, and where it may go instead.
 
         A conversation whose history is kept here (no upstream conversation id) may move to another
@@ -330,8 +339,8 @@ class ChatService:
         user_plus = principal.user.plus
         klass = class_of(account) if account else ("any" if user_plus else "free")
         stateless = conv.upstream_conversation_id is None
-        replace_ = (lambda tried: self.pool.replacement(klass, user_plus, tried)) if stateless else None
-        lease = self.pool.take_pinned(conv.account_name)
+        replace_ = (lambda tried: self.pool.replacement(klass, user_plus, tried, first=admit)) if stateless else None
+        lease = self.pool.take_pinned(conv.account_name, first=admit)
         if lease is not None:
             return lease, replace_
         state, health = self.pool.pinned(conv.account_name)
@@ -387,13 +396,13 @@ class ChatService:
             claim = self._claim(plan)
         except BaseException as exc:
             self.pool.released(plan.lease)
-            self._turned_away(ticket, exc, front)
+            self._turned_away(principal, ticket, exc, front)
             raise
         pieces: list[str] = []
         done: Done | None = None
         last: Delta | None = None
         renewed = time.monotonic()
-        events = self._metered(ticket, front, plan, self._attempts(plan), stored=True)
+        events = self._metered(ticket, front, plan, self._attempts(plan))
         try:
             for event in events:
                 if isinstance(event, Done):

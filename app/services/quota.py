@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from app.config import check_limit
 from app.errors import BadRequest, ConfigError, Forbidden, RateLimited
 from app.services.principal import Principal
-from app.store.usage import Admission, Refused, Rule, SqlUsage, Standing
+from app.store.usage import Admission, Refused, Rule, SqlUsage, Standing, day_of
 from app.store.users import LIMIT_KEYS, User, UserStore
 
 WHAT = {
@@ -39,6 +39,27 @@ class Ticket:
     @property
     def subjects(self) -> list[str]:
         return [self.user_id] + ([self.owner_id] if self.owner_id else [])
+
+
+class Admit:
+    """One turn's admission, done once: inside the pool's choice (as its `first`) or on its own (ensure)."""
+
+    def __init__(self, quota: QuotaService, principal: Principal):
+        self.quota, self.principal = quota, principal
+        self.ticket: Ticket | None = None  # set once the admission has committed
+
+    def __call__(self, db):
+        """Admit inside db's transaction; return what to do once it has committed."""
+        if self.ticket is not None:
+            return None
+        ticket = self.quota.admit(self.principal, db)
+        return lambda: setattr(self, "ticket", ticket)
+
+    def ensure(self) -> Ticket:
+        """The ticket, admitting now (in a transaction of its own) if no choice did it."""
+        if self.ticket is None:
+            self.ticket = self.quota.admit(self.principal)
+        return self.ticket
 
 
 def duration(seconds: float) -> str:
@@ -102,17 +123,31 @@ class QuotaService:
 
     # -- admitting -----------------------------------------------------------------------
 
-    def admit(self, principal: Principal) -> Ticket:
-        """Count a turn against its user's (and its client's) limits, or raise RateLimited (429)."""
+    def admit(self, principal: Principal, db=None) -> Ticket:
+        """Count a turn against its user's (and its client's) limits, or raise RateLimited (429).
+
+        db: a write transaction to count it in (the pool's choice), else one of its own.
+        """
         user = principal.user
         owner = self.owner_of(user)
         rules = [self.rule(user)] + ([self.rule(owner)] if owner else [])
-        client = principal.actor.user_id if principal.actor.user_id != user.user_id else None
         try:
-            admission = self.usage.admit(rules)
+            admission = self.usage.admit(rules, db=db)
         except Refused as no:
             raise self._refusal(no, user, owner) from None
-        return Ticket(admission, user.user_id, client, owner.user_id if owner else None)
+        return self.ticket(principal, admission, owner)
+
+    def ticket(self, principal: Principal, admission: Admission | None = None, owner: User | None = None) -> Ticket:
+        """A turn's ticket; without an admission, one that counted nothing (for a turn never admitted)."""
+        user = principal.user
+        owner = owner or self.owner_of(user)
+        client = principal.actor.user_id if principal.actor.user_id != user.user_id else None
+        now = time.time()
+        return Ticket(admission or Admission(day_of(now), now), user.user_id, client, owner.user_id if owner else None)
+
+    def admitting(self, principal: Principal) -> Admit:
+        """A turn's admission, to be done in the transaction that chooses its account (or on its own)."""
+        return Admit(self, principal)
 
     def take_back(self, ticket: Ticket) -> None:
         """The turn never reached an upstream: it does not count."""

@@ -68,14 +68,14 @@ class UsageService:
         reply_chars: int,
         outcome: str,
         status: int | None = None,
-        stored_next: bool = False,
         counts: bool = True,
     ) -> None:
         """Add one turn to the ledger. A failure to record is logged, never the caller's problem.
 
-        stored_next: a write of this process follows at once (the turn's conversation), which carries the
-        ledger's; otherwise a turn under a token quota is written now. counts False: a turn that never reached
-        an upstream, kept in the ledger (as an error) but not in anyone's requests for the day.
+        The line is written with this process's next write (the turn's own conversation, or its next turn's
+        admission), or 50 ms later: a worker counts its own turns at once, and another's within 50 ms.
+        counts False: a turn that never reached an upstream, kept in the ledger (as an error) but not in
+        anyone's requests for the day.
         """
         usage = usage or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -96,8 +96,7 @@ class UsageService:
             status=status,
         )
         try:
-            at_once = ticket.admission.urgent and not stored_next
-            self.usage.record(entry, ticket.admission, ticket.subjects, at_once, counts)
+            self.usage.record(entry, ticket.admission, ticket.subjects, counts)
         except Exception:  # the answer has gone already; losing it here would lose the turn twice
             log.exception("could not record a turn of user %r in the usage ledger", ticket.user_id)
 

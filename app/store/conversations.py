@@ -196,7 +196,12 @@ class SqlConversationStore:
             if self._defer_armed:
                 return
             self._defer_armed = True
-        later(DEFER_AFTER, self.flush)
+        later(DEFER_AFTER, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self._deferred_lock:
+            self._defer_armed = False
+        self.flush()
 
     def _flush_at_exit(self) -> None:
         try:
@@ -205,9 +210,8 @@ class SqlConversationStore:
             log.exception("could not write %d deferred writes at exit", len(self._deferred))
 
     def flush(self) -> None:
-        """Write what was deferred, now."""
+        """Write what was deferred, now (the timer, if armed, stays armed: one timer per DEFER_AFTER at most)."""
         with self._deferred_lock:
-            self._defer_armed = False
             if not self._deferred:
                 return
         with self._write():

@@ -174,43 +174,52 @@ class SqlPoolState:
 
     # -- choosing ----------------------------------------------------------------------------
 
-    def choose(self, cursor: str | None, candidates: list[Candidate], now: float | None = None) -> Choice:
+    def choose(self, cursor: str | None, candidates: list[Candidate], now: float | None = None, first=None) -> Choice:
         """Step cursor on and take the next candidate in turn that is healthy and has room, in one transaction.
 
         cursor None: no round robin, the candidates are tried in the order given (a pinned account).
+        first(db), if given, runs first in the same transaction (a turn's admission under its user's limits:
+        one transaction instead of two); it may raise to refuse, which rolls back the whole choice, and it
+        may return a function to call once the transaction has committed.
         """
         now = time.time() if now is None else now
-        names = [c.name for c in candidates]
         with self._writing() as db:
-            start = _advance(db, cursor) if cursor else 0
-            rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
-            healthy, soonest, limited = [], None, True
-            for candidate in candidates:
-                health = _health(rows.get(candidate.name), candidate.name)
-                if health.usable(now):
-                    healthy.append((candidate, health))
-                    continue
-                if health.cooling_until is not None:
-                    soonest = _earliest(soonest, health.cooling_until)
-                limited = limited and _rate_limited(health)
-            usable = len(healthy)
-            # Turns go round among the healthy ones, so a resting account's share is spread evenly.
-            for step in range(usable):
-                candidate, health = healthy[(start + step) % usable]
-                wait = _room(db, candidate, now)
-                if wait:
-                    soonest = _earliest(soonest, now + wait)
-                    continue
-                lease = uuid.uuid4().hex
-                db.execute(_LEASE, {"lease": lease, "n": candidate.name, "until": now + self.lease_seconds})
-                if candidate.rpm:
-                    db.execute(insert(account_hits).values(name=candidate.name, at=now))
-                if candidate.name not in rows:
-                    _insert_missing(
-                        db, account_health, name=candidate.name, state="ok", backoff=0.0, requests=0, errors=0
-                    )
-                db.execute(_USED, {"n": candidate.name, "now": now})
-                return Choice(candidate.name, lease, health.healing, usable)
+            committed = first(db) if first is not None else None
+            choice = self._choose(db, cursor, candidates, now)
+        if committed is not None:
+            committed()
+        return choice
+
+    def _choose(self, db, cursor: str | None, candidates: list[Candidate], now: float) -> Choice:
+        """choose()'s work, inside its transaction."""
+        names = [c.name for c in candidates]
+        start = _advance(db, cursor) if cursor else 0
+        rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
+        healthy, soonest, limited = [], None, True
+        for candidate in candidates:
+            health = _health(rows.get(candidate.name), candidate.name)
+            if health.usable(now):
+                healthy.append((candidate, health))
+                continue
+            if health.cooling_until is not None:
+                soonest = _earliest(soonest, health.cooling_until)
+            limited = limited and _rate_limited(health)
+        usable = len(healthy)
+        # Turns go round among the healthy ones, so a resting account's share is spread evenly.
+        for step in range(usable):
+            candidate, health = healthy[(start + step) % usable]
+            wait = _room(db, candidate, now)
+            if wait:
+                soonest = _earliest(soonest, now + wait)
+                continue
+            lease = uuid.uuid4().hex
+            db.execute(_LEASE, {"lease": lease, "n": candidate.name, "until": now + self.lease_seconds})
+            if candidate.rpm:
+                db.execute(insert(account_hits).values(name=candidate.name, at=now))
+            if candidate.name not in rows:
+                _insert_missing(db, account_health, name=candidate.name, state="ok", backoff=0.0, requests=0, errors=0)
+            db.execute(_USED, {"n": candidate.name, "now": now})
+            return Choice(candidate.name, lease, health.healing, usable)
         return Choice(None, None, False, usable, soonest, rate_limited=limited and usable == 0 and bool(candidates))
 
     # -- after a request ---------------------------------------------------------------------

@@ -120,14 +120,29 @@ GROUPS = {
 }
 
 
+_today = (0.0, 0.0, "")  # (the UTC day's first moment, the next day's, its date): every turn asks
+
+
+def _day(moment: float) -> tuple[float, float, str]:
+    global _today
+    start, end, _name = _today
+    if not start <= moment < end:
+        midnight = datetime.fromtimestamp(moment, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        day = (midnight.timestamp(), (midnight + timedelta(days=1)).timestamp(), midnight.strftime("%Y-%m-%d"))
+        if start <= day[0]:  # never go back to an older day for the moments after it
+            _today = day
+        return day
+    return _today
+
+
 def day_of(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d")
+    """The UTC date of a moment, YYYY-MM-DD."""
+    return _day(moment)[2]
 
 
 def seconds_to_midnight(moment: float) -> float:
     """Seconds from moment to the next UTC midnight, when daily counts start again."""
-    day = datetime.fromtimestamp(moment, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return (day + timedelta(days=1)).timestamp() - moment
+    return _day(moment)[1] - moment
 
 
 @dataclass(frozen=True)
@@ -174,11 +189,6 @@ class Admission:
     seconds: list[str] = field(default_factory=list)  # subjects whose request was counted in this second
     standings: list[Standing] = field(default_factory=list)
 
-    @property
-    def urgent(self) -> bool:
-        """A subject has a token quota: its tokens must be counted as soon as the turn ends."""
-        return any(s.rule.tokens_per_day is not None for s in self.standings)
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -208,26 +218,36 @@ class SqlUsage:
 
     # -- limits --------------------------------------------------------------------------
 
-    def admit(self, rules: list[Rule], now: float | None = None) -> Admission:
-        """Count one request for every limited subject in rules, or raise Refused and count nothing."""
+    def admit(self, rules: list[Rule], now: float | None = None, db=None) -> Admission:
+        """Count one request for every limited subject in rules, or raise Refused and count nothing.
+
+        db: a write transaction to do it in (the pool's choice, typically), else one of its own.
+        """
         now = time.time() if now is None else now
         admission = Admission(day_of(now), now)
         limited = [rule for rule in rules if rule.limited]
         if not limited:
             return admission
+        if db is None:
+            with self._store.write() as db:
+                return self._admit(db, limited, admission)
+        return self._admit(db, limited, admission)
+
+    def _admit(self, db, limited: list[Rule], admission: Admission) -> Admission:
+        """admit()'s work, inside its transaction."""
+        now = admission.at
         to_midnight = seconds_to_midnight(now)
-        with self._store.write() as db:
-            for rule in limited:
-                requests, tokens = self._bump(db, rule.subject, admission.day, 1, 0)
-                standing = Standing(rule, day_requests=requests, day_tokens=tokens, day_reset=to_midnight)
-                if rule.requests_per_day is not None and requests > rule.requests_per_day:
-                    raise Refused("requests_per_day", standing, to_midnight)
-                if rule.tokens_per_day is not None and tokens >= rule.tokens_per_day:
-                    raise Refused("tokens_per_day", standing, to_midnight)
-                if rule.requests_per_minute is not None:
-                    standing = self._minute(db, rule, standing, now, admission)
-                admission.counted.append(rule.subject)
-                admission.standings.append(standing)
+        for rule in limited:
+            requests, tokens = self._bump(db, rule.subject, admission.day, 1, 0)
+            standing = Standing(rule, day_requests=requests, day_tokens=tokens, day_reset=to_midnight)
+            if rule.requests_per_day is not None and requests > rule.requests_per_day:
+                raise Refused("requests_per_day", standing, to_midnight)
+            if rule.tokens_per_day is not None and tokens >= rule.tokens_per_day:
+                raise Refused("tokens_per_day", standing, to_midnight)
+            if rule.requests_per_minute is not None:
+                standing = self._minute(db, rule, standing, now, admission)
+            admission.counted.append(rule.subject)
+            admission.standings.append(standing)
         return admission
 
     def _minute(self, db, rule: Rule, standing: Standing, now: float, admission: Admission) -> Standing:
@@ -278,15 +298,12 @@ class SqlUsage:
 
     # -- the ledger ----------------------------------------------------------------------
 
-    def record(
-        self, entry: Entry, admission: Admission, subjects: list[str], at_once: bool = False, counts: bool = True
-    ) -> None:
+    def record(self, entry: Entry, admission: Admission, subjects: list[str], counts: bool = True) -> None:
         """Add a turn to the ledger and its tokens (and, where admission did not count it, its request)
         to each subject's day, together.
 
         The write is deferred to this process's next write transaction (the one that stores the turn's
-        conversation, typically, or the next turn's), or 50 ms from now if none comes; at_once writes it
-        now, for a subject with a token quota that another worker may be about to check.
+        conversation, typically, or the next turn's), or 50 ms from now if none comes, or flush().
         """
         tokens = entry.prompt_tokens + entry.completion_tokens
         values, day = {"day": admission.day, **vars(entry)}, admission.day
@@ -299,8 +316,10 @@ class SqlUsage:
                 self._bump(db, subject, day, 0 if subject in counted else 1, tokens)
 
         self._store.defer(write)
-        if at_once:
-            self._store.flush()
+
+    def flush(self) -> None:
+        """Write the turns this process has recorded, now."""
+        self._store.flush()
 
     def today(self, subject: str, now: float | None = None) -> tuple[int, int]:
         """(requests, tokens) a subject has used today."""
