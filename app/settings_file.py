@@ -55,10 +55,11 @@ class SettingsFile:
             raise ConfigError(f"{self.path.name}: the top level must be a JSON object")
         return raw
 
-    def edit(self, change) -> dict:
+    def edit(self, change, then=None) -> dict:
         """Apply change(raw) to the file's JSON, check the result whole and write it; return the new settings.
 
-        A result that does not validate raises ConfigError and the file is not touched.
+        A result that does not validate raises ConfigError and the file is not touched. then(settings, stamp)
+        runs while the lock is still held, so that edits made at once are applied in the order they were written.
         """
         try:
             with self._lock:
@@ -67,6 +68,8 @@ class SettingsFile:
                 settings = config.validate(raw, self.path.parent)
                 config.write_private_json(self.path, raw)
                 self.stamp = self._stamp()
+                if then is not None:
+                    then(settings, self.stamp)
         except Timeout:
             raise Busy("settings.json stayed locked by another edit; try again", retry_after=2) from None
         return settings

@@ -190,11 +190,14 @@ class AccountService:
         if self.file is None:
             raise Conflict("accounts can be changed at run time only when the server runs from a settings file")
         try:
-            settings = self.file.edit(change)
+            self.file.edit(change, then=self._applied)
         except ConfigError as exc:
             raise _as_bad_request(str(exc), index) from None
-        self.pool.state.claim_alert(_version(self.file.stamp), None)  # this worker records the change itself
+
+    def _applied(self, settings: dict, stamp) -> None:
+        """Put an edit to use, in the order edits were written (SettingsFile.edit holds its lock meanwhile)."""
         self.pool.configure(settings["accounts"], settings)
+        self.pool.state.claim_alert(_version(stamp), None)  # this worker records the change itself
 
     def _audit(self, actor: User, action: str, name: str, **detail) -> None:
         if self.audit is not None:
