@@ -43,7 +43,7 @@ from app import create_app, serving  # noqa: E402
 from app.errors import ConfigError  # noqa: E402
 
 # The access log names the path only: a key sent as ?user=KEY must never reach a log.
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
 
 
 class Server(BaseApplication):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,6 +105,8 @@ def create_app(
     limits.install(app)
     app.after_request(_rate_limit_headers)
     app.before_request(auth.note_arrival)  # first of all: before any key or session is looked up
+    app.before_request(_new_request_id)
+    app.after_request(_request_id_header)
     app.before_request(services.accounts.refresh)  # settings.json edited elsewhere: seen within a second
     from app.api.routes import register as register_api
     from app.openai_api.routes import register as register_v1
@@ -113,6 +116,16 @@ def create_app(
     register_v1(app)
     register_web(app)
     return app
+
+
+def _new_request_id() -> None:
+    g.request_id = "req_" + uuid.uuid4().hex
+
+
+def _request_id_header(response):
+    """Every answer names its request, as OpenAI's do (the access log prints it too)."""
+    response.headers["x-request-id"] = g.get("request_id") or "req_" + uuid.uuid4().hex
+    return response
 
 
 def _client_address() -> str | None:

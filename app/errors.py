@@ -10,7 +10,8 @@ AppError                     any error a caller should see (status, code, messag
 ├── RateLimited          429 a user's (or its client's) limit, or too many wrong keys from one address;
 │                            Retry-After and OpenAI's x-ratelimit-* headers say when and how much
 ├── UpstreamError        502 the upstream answered with an error, or could not be reached
-│   └── StreamCut        502 the upstream's event stream ended before its end marker
+│   ├── StreamCut        502 the upstream's event stream ended before its end marker
+│   └── UpstreamRejected 4xx the upstream refused the request itself: its status, code, param and words
 ├── NoAccountAvailable   503 no eligible account for the asked class (Retry-After when one comes back;
 │                            /v1 answers 429 when every account is rate limited)
 ├── Busy                 503 a shared resource stayed locked too long; Retry-After says when to retry
@@ -119,6 +120,18 @@ class StreamCut(UpstreamError):
     pass
 
 
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request itself (400/404/409/413/422: a bad tool schema, an unknown parameter):
+    the caller gets the upstream's own status and words (scrubbed of secrets), not a 502."""
+
+    CODES = {400: "bad_request", 404: "not_found", 409: "conflict", 413: "payload_too_large", 422: "unprocessable"}
+
+    def __init__(self, message: str, *, status: int, code: str | None = None, param: str | None = None):
+        super().__init__(message, fault="caller", param=param)
+        self.status = status
+        self.code = code or self.CODES.get(status, "bad_request")
+
+
 class NoAccountAvailable(AppError):
     status, code = 503, "no_account_available"
 
@@ -168,6 +181,8 @@ def openai_error(status: int, code: str, message: str, param: str | None = None)
     """The inside of OpenAI's error body ({"error": ...}) for one of our errors, as /v1 answers it."""
     if code == "unauthorized":
         code = "invalid_api_key"
+        if message == "unknown API key":  # OpenAI's words, which clients match; never the key itself
+            message = "Incorrect API key provided. Use a key this server gave you (an admin or your client makes them)."
     elif code == "not_found" and param == "model":
         code = "model_not_found"
     kind = OPENAI_CODE_TYPES.get(code) or OPENAI_TYPES.get(

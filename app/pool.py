@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from app.alerts import Alerts
 from app.config import Account
-from app.errors import Conflict, Forbidden, NoAccountAvailable, NotFound
+from app.errors import BadRequest, Conflict, Forbidden, NoAccountAvailable, NotFound
 from app.store.pool_state import Candidate, Choice, Health, SqlPoolState
 from app.upstream import UPSTREAMS, Upstream, build
 
@@ -126,8 +126,11 @@ class Pool:
             )
         return self._take(klass, [a for a in accounts if a.name not in exclude], klass, first=first)
 
-    def pick_model(self, model: str | None, user_plus: bool, exclude: Iterable[str] = (), first=None) -> Lease:
-        """Take the next account serving model among all the caller may use (any account when model is empty)."""
+    def pick_model(
+        self, model: str | None, user_plus: bool, exclude: Iterable[str] = (), first=None, needs: dict | None = None
+    ) -> Lease:
+        """Take the next account serving model among all the caller may use (any account when model is empty)
+        that can do what the request needs ({capability: the parameter asking for it}, Upstream.capabilities)."""
         _klass, accounts = self.eligible("any", user_plus)
         if model:
             accounts = [a for a in accounts if a.model == model]
@@ -135,6 +138,12 @@ class Pool:
             if model:
                 raise NotFound(f"the model {model!r} does not exist or you do not have access to it", param="model")
             raise NoAccountAvailable("no enabled account is configured; add one to settings.json")
+        for need, param in (needs or {}).items():
+            able = [a for a in accounts if need in UPSTREAMS[a.type].capabilities]
+            if not able:
+                served = f"model {model!r}" if model else "any model you may use"
+                raise BadRequest(f"{param}: no account serving {served} supports {need}", param=param)
+            accounts = able
         cursor = f"model:{model or '*'}:{int(user_plus)}"
         what = f"model {model}" if model else ""
         return self._take(cursor, [a for a in accounts if a.name not in exclude], what, first=first)

@@ -233,11 +233,14 @@ def test_transient_failures_back_off_doubling_to_the_cap_and_a_success_resets(ma
     [(400, False), (404, False), (409, False), (413, False), (422, False), (500, True), (502, True), (503, True)],
 )
 def test_which_upstream_failures_count_against_the_account(make_server, admin, openai_fake, status, counted):
-    """A 5xx rests the account; 400/404/409/413/422 are the request's own fault and leave it ok."""
+    """A 5xx rests the account (the caller gets a 502); 400/404/409/413/422 are the request's own fault, reach the
+    caller with the upstream's own status and words, and leave the account ok."""
     server, key = start(make_server, admin, [openai_account(openai_fake)])
     openai_fake.fail_status, openai_fake.fail_times = status, 2
     first = ask(server, key, "one")
-    assert first.status_code == 502, first.text
+    assert first.status_code == (502 if counted else status), first.text
+    if not counted:
+        assert first.json()["message"] == openai_fake.fail_message, first.text
     second = ask(server, key, "two")
     if counted:
         assert second.status_code == 503, second.text
@@ -245,7 +248,7 @@ def test_which_upstream_failures_count_against_the_account(make_server, admin, o
         assert openai_fake.chat_count == 1
         assert state(server, admin, "oa") == "cooling"
     else:
-        assert second.status_code == 502, second.text
+        assert second.status_code == status, second.text
         assert openai_fake.chat_count == 2
         assert state(server, admin, "oa") == "ok"
         assert ask(server, key, "three").status_code == 200

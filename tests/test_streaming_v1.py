@@ -538,7 +538,7 @@ def test_v1_raw_stream_framing(make_server, admin, openai_fake):
     assert content_times[0] - started < 0.5 and content_times[-1] - started > 0.8, content_times
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == REPLY
     assert chunks[-1]["choices"] == []
-    assert set(chunks[-1]["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(chunks[-1]["usage"]) >= {"prompt_tokens", "completion_tokens", "total_tokens"}  # and its details
     assert chunks[0]["model"] == "gpt-4o-mini"  # no model asked: the account's
 
 
@@ -553,15 +553,15 @@ def test_v1_model_omitted_uses_an_account_and_its_model(make_server, admin, open
 
 
 def test_v1_mid_stream_failure(make_server, admin, openai_fake, sdk):
-    """An upstream failing mid-reply: 502 in OpenAI's shape when not streaming, an APIError while streaming."""
+    """An upstream failing mid-reply: an APIError while streaming, an error event last. A request that does not
+    stream is sent upstream unstreamed too (as the caller sent it), so it is answered whole."""
     openai_fake.error_in_stream = "the model overloaded"
     # No cooldown after each failure (health.backoff_start 0): all three requests reach the upstream.
     server, key = start_with_user(make_server, admin, [openai_account(openai_fake)], health=NO_COOLDOWN)
     client = sdk(server, key)
     messages = [{"role": "user", "content": "hi"}]
-    with pytest.raises(openai.InternalServerError) as plain:
-        client.chat.completions.create(model="gpt-4o-mini", messages=messages)
-    assert (plain.value.status_code, plain.value.code, plain.value.type) == (502, "upstream_error", "api_error")
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=messages).choices[0].message.content
+    assert chat_requests(openai_fake)[0]["body"].get("stream") in (None, False)
     with pytest.raises(openai.APIError) as streamed:
         list(client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True))
     assert "overloaded" in streamed.value.message and streamed.value.code == "upstream_error"
@@ -572,9 +572,9 @@ def test_v1_mid_stream_failure(make_server, admin, openai_fake, sdk):
     assert conversation_total(server, key) == 0
 
 
-@pytest.mark.parametrize("seen", ['"content":"A lo"', '"role":"assistant"'])
+@pytest.mark.parametrize("seen", ['"content":"A lo"'])
 def test_v1_caller_leaving_closes_the_upstream(make_server, admin, seen):
-    """A /v1 caller gone mid-stream (even right after the role chunk) closes the upstream at once; nothing stored."""
+    """A /v1 caller gone mid-stream (right after the first chunk) closes the upstream at once; nothing stored."""
     with SlowUpstream("openai", LONG_REPLY, gap=0.1) as slow:
         server, key = start_with_user(make_server, admin, [openai_account(slow)])
         body = {"messages": [{"role": "user", "content": "a long story"}], "stream": True}
@@ -703,9 +703,7 @@ def test_v1_model_spreads_over_its_accounts(mixed, openai_fake, sdk):
     [
         ("unknown model", openai.NotFoundError, "model_not_found", "model"),
         ("disabled model", openai.NotFoundError, "model_not_found", "model"),
-        ("no user message", openai.BadRequestError, "bad_request", "messages"),
         ("unknown role", openai.BadRequestError, "bad_request", "messages"),
-        ("image part", openai.BadRequestError, "bad_request", "messages"),
         ("empty messages", openai.BadRequestError, "bad_request", "messages"),
         ("bad key", openai.AuthenticationError, "invalid_api_key", None),
     ],

@@ -6,6 +6,7 @@ OpenAI's shape ({"error": {"message", "type", "param", "code"}}), made in app/er
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -16,9 +17,9 @@ from flask import Flask, jsonify, request
 from app import auth
 from app.api.params import json_object
 from app.context import services
-from app.errors import AppError, BadRequest, NotFound, Unauthorized, openai_error
+from app.errors import AppError, NotFound, Unauthorized, openai_error
 from app.sse import event, opened, sse_response
-from app.upstream import Done, Upstream
+from app.upstream import Delta, Done, Upstream
 
 OWNER = "chatgpt-api-server"
 log = logging.getLogger(__name__)
@@ -34,19 +35,10 @@ def _caller():
 def chat_completions():
     caller = _caller()
     body = json_object()
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("model must be a string", param="model")
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise BadRequest("stream must be true or false", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise BadRequest("stream_options must be an object; include_usage true or false", param="stream_options")
-    upstream, events = services().chat.complete_stream(auth.principal({}, actor=caller), body.get("messages"), model)
-    reply = Reply(upstream, model)
-    if stream:
-        return sse_response(reply.chunks(opened(events), bool(options.get("include_usage"))))
+    completion, upstream, events = services().chat.complete_stream(auth.principal({}, actor=caller), body)
+    reply = Reply(upstream, body.get("model"))
+    if completion.stream:
+        return sse_response(reply.chunks(opened(events), completion.include_usage))
     return jsonify(reply.whole(events))
 
 
@@ -59,12 +51,15 @@ class Reply:
         self.model = asked_model or upstream.account.model
 
     def whole(self, events) -> dict:
+        """The answer: the upstream's own when it relayed the request (Done.raw), else one made of its text."""
         pieces, done = [], None
         for item in events:
             if isinstance(item, Done):
                 done = item
             else:
                 pieces.append(item.text)
+        if done is not None and done.raw is not None:
+            return done.raw
         text = "".join(pieces)
         return {
             "id": self.id,
@@ -83,11 +78,17 @@ class Reply:
         }
 
     def chunks(self, events, include_usage: bool) -> Iterator[str]:
+        """The reply as chunk events: the upstream's own chunks when it relayed the request (Delta.raw, usage
+        only if the caller asked for it), else chunks made of its text."""
         said = []
         try:
+            first = next(events, None)
+            if isinstance(first, Delta) and first.raw is not None:
+                yield from _relayed(first, events, include_usage)
+                return
             yield event(self._chunk({"role": "assistant", "content": ""}))
             done = None
-            for item in events:
+            for item in itertools.chain([first] if first is not None else [], events):
                 if isinstance(item, Done):
                     done = item
                 else:
@@ -110,6 +111,21 @@ class Reply:
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
         return {**self._head(), "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def _relayed(first: Delta, events, include_usage: bool) -> Iterator[str]:
+    """Pass a relayed stream's chunks on as the upstream sent them, then [DONE]. The server always asks for
+    usage (the ledger counts it); a caller that did not ask gets neither the usage chunk nor the usage fields."""
+    for item in itertools.chain([first], events):
+        if not isinstance(item, Delta) or item.raw is None:
+            continue
+        chunk = item.raw
+        if not include_usage and "usage" in chunk:
+            if not chunk.get("choices"):
+                continue  # the usage-only chunk at the end
+            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        yield event(chunk)
+    yield event("[DONE]")
 
 
 def _finish(done: Done | None) -> str:

@@ -12,13 +12,14 @@ from datetime import UTC, datetime
 
 from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvailable, UpstreamError, UpstreamTimeout
 from app.pool import PLUS_MODES, Lease, Pool, back_in, class_of, token_hash
+from app.services.completions import Completion, check_completion, upstream_body
 from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
 from app.services.quota import Admit, QuotaService, Ticket
 from app.services.usage import UsageService
 from app.store.conversations import Conversation, Message, SqlConversationStore
 from app.upstream import Delta, Done, Turn, Upstream
-from app.upstream.base import checked, clean_text, has_surrogates
+from app.upstream.base import checked, clean_text
 
 TITLE_CHARS = 60
 RENEW_EVERY = 10.0  # seconds between renewals of a running turn's claim on its conversation
@@ -45,50 +46,6 @@ def trim_history(history: list[tuple[str, str]], max_chars: int) -> list[tuple[s
             break
         kept += 1
     return history[len(history) - kept :] if kept else []
-
-
-MESSAGE_ROLES = ("system", "developer", "user", "assistant")
-
-
-def message_text(content, where: str) -> str:
-    """Return a message's text: a string, or the text parts of a content list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise BadRequest(f"{where}: only text parts are supported", param="messages")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise BadRequest(f"{where}.content must be a string or a list of text parts", param="messages")
-
-
-def check_messages(messages, max_chars: int) -> list[dict]:
-    """Return the messages as plain {role, content} pairs, or BadRequest naming what is wrong."""
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list", param="messages")
-    clean, total = [], 0
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise BadRequest(f"{where} must be an object", param="messages")
-        role = message.get("role")
-        if role not in MESSAGE_ROLES:
-            raise BadRequest(f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}", param="messages")
-        content = message.get("content")
-        if content is None and role == "assistant":  # an assistant turn that only called tools
-            content = ""
-        text = message_text(content, where)
-        if has_surrogates(text):
-            raise BadRequest(f"{where}.content is not valid text (it holds an unpaired surrogate)", param="messages")
-        total += len(text)
-        clean.append({"role": role, "content": text})
-    if total > max_chars:
-        raise BadRequest(f"messages hold more than {max_chars} characters", param="messages")
-    if not any(m["role"] == "user" and m["content"].strip() for m in clean):
-        raise BadRequest("messages need at least one user message with text", param="messages")
-    return clean
 
 
 def _sent_chars(turn: Turn) -> int:
@@ -182,28 +139,40 @@ class ChatService:
         return self._run(principal, plan, ticket, front)
 
     def complete_stream(
-        self, principal: Principal, messages, model: str | None, front: str = "v1"
-    ) -> tuple[Upstream, Iterator[Delta | Done]]:
-        """Answer a stateless /v1 request: check the messages, pick an account serving model, stream.
+        self, principal: Principal, body: dict, front: str = "v1"
+    ) -> tuple[Completion, Upstream, Iterator[Delta | Done]]:
+        """Answer a stateless /v1 Chat Completions request: check it, pick an account serving its model that can
+        do what it asks (app/services/completions.py), stream.
 
-        Nothing is stored but the turn's line in the usage ledger: the caller sends the whole history each time.
+        An openai account gets the request as it is and its events carry the upstream's own chunks (Delta.raw,
+        Done.raw); other types answer its messages folded into one prompt. Nothing is stored but the turn's line
+        in the usage ledger: the caller sends the whole history each time.
         """
         if not principal.may_write:
             raise Forbidden("admins may read other users' conversations but not chat as them")
-        clean = check_messages(messages, self.max_prompt_chars)
-        user_plus = principal.user.plus
+        completion = check_completion(body, self.max_prompt_chars)
+        model, user_plus, needs = body.get("model"), principal.user.plus, completion.needs
         admit, lease = self._admission(principal), None
         try:
-            lease = self.pool.pick_model(model, user_plus, first=admit)
+            lease = self.pool.pick_model(model, user_plus, first=admit, needs=needs)
             ticket = self._admitted(admit)
         except BaseException as exc:
             if lease is not None:
                 self.pool.released(lease)
             self._turned_away(principal, admit.ticket if admit else None, exc, front)
             raise
-        turn = Turn(prompt=fold_messages(clean), model=lease.upstream.account.model, messages=tuple(clean))
-        plan = Plan(lease, turn, None, None, None, replace=lambda tried: self.pool.pick_model(model, user_plus, tried))
-        return lease.upstream, self._metered(ticket, front, plan, self._attempts(plan))
+        turn = Turn(
+            prompt=fold_messages(list(completion.messages)),
+            model=lease.upstream.account.model,
+            messages=completion.messages,
+            request=upstream_body(completion, lease.upstream.account.model),
+        )
+
+        def replace_(tried: list[str]) -> Lease:
+            return self.pool.pick_model(model, user_plus, tried, needs=needs)
+
+        plan = Plan(lease, turn, None, None, None, replace=replace_)
+        return completion, lease.upstream, self._metered(ticket, front, plan, self._attempts(plan))
 
     def _reply(self, upstream: Upstream, turn: Turn) -> Iterator[Delta | Done]:
         """The upstream's reply as valid text, stopped with a 502 past max_reply_chars."""

@@ -14,6 +14,12 @@ from app.upstream.http import HttpClient
 MAX_ID = 200  # an upstream id or model name longer than this is not one
 
 
+# What a /v1 request may need of an account beyond one prompt's text (Upstream.capabilities).
+TOOLS, STRUCTURED, CHOICES = "tools", "structured output", "n > 1"
+MEDIA, LOGPROBS = "images, audio or files", "logprobs"
+CAPABILITIES = frozenset((TOOLS, STRUCTURED, CHOICES, MEDIA, LOGPROBS))
+
+
 @dataclass(frozen=True)
 class Turn:
     """What an upstream needs to answer one prompt."""
@@ -26,6 +32,9 @@ class Turn:
     # A /v1 caller's own message list, sent as it is where the account type takes messages (openai);
     # the others get it folded into prompt as one turn.
     messages: tuple[dict, ...] | None = None
+    # A /v1 caller's whole Chat Completions body (app/services/completions.py), for account types that
+    # relay it (openai): sent as it is but for the model, and answered with the upstream's own chunks.
+    request: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,7 @@ class Delta:
     text: str
     upstream_conversation_id: str | None = None
     upstream_message_id: str | None = None
+    raw: dict | None = None  # a relayed request's chunk, as the upstream sent it (text: its content, for counting)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class Done:
     upstream_message_id: str | None = None
     usage: dict | None = None
     finish_reason: str = "stop"
+    raw: dict | None = None  # a relayed request's whole answer, as the upstream sent it (when not streamed)
 
 
 def as_dict(value) -> dict:
@@ -95,11 +106,19 @@ def checked(events: Iterator, max_chars: int, account_name: str) -> Iterator:
     A high surrogate that ends one delta waits for the next, so an emoji split across events arrives whole.
     Every few milliseconds the worker's other connections get their turn.
     """
-    held, total, pace = "", 0, Pacer()
+    held, total, pace, held_raw = "", 0, Pacer(), {}
     try:
         for event in events:
             pace()  # a reply of many small pieces (or a fast upstream) must not hold the worker
-            if isinstance(event, Delta):
+            if isinstance(event, Delta) and event.raw is not None:  # relayed as it came: counted, text made valid
+                total += len(event.text)
+                if total > max_chars:
+                    raise UpstreamError(
+                        f"account {account_name!r}: the reply grew longer than {max_chars} characters and was stopped",
+                        fault="caller",
+                    )
+                yield replace(event, raw=valid_chunk(event.raw, held_raw))
+            elif isinstance(event, Delta):
                 text = held + event.text
                 held = ""
                 if ends_in_high_surrogate(text):
@@ -122,10 +141,39 @@ def checked(events: Iterator, max_chars: int, account_name: str) -> Iterator:
         events.close()
 
 
+def valid_chunk(chunk: dict, held: dict) -> dict:
+    """A relayed chunk whose choices' content is valid text: a high surrogate that ends one chunk's content
+    waits in held (by choice index) for the next, and a lone one becomes U+FFFD (as checked() does for text)."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return chunk
+    contents = [_content(choice) for choice in choices]
+    if not held and not any(c is not None and has_surrogates(c) for c in contents):
+        return chunk  # the common case: nothing to do, nothing copied
+    fixed = []
+    for choice, content in zip(choices, contents, strict=True):
+        if content is None:
+            fixed.append(choice)
+            continue
+        index = choice.get("index", 0)
+        text = held.pop(index, "") + content
+        if ends_in_high_surrogate(text):
+            text, held[index] = text[:-1], text[-1]
+        fixed.append({**choice, "delta": {**choice["delta"], "content": clean_text(text)}})
+    return {**chunk, "choices": fixed}
+
+
+def _content(choice) -> str | None:
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else None
+
+
 class Upstream(ABC):
     """One account of one type; keeps its own HTTP session (proxy, timeouts, pooled connections)."""
 
     sends_history = True  # False where the upstream keeps the conversation itself (chatgpt-web)
+    capabilities: frozenset[str] = frozenset()  # what a /v1 request may need of it (CAPABILITIES)
 
     def __init__(self, account: Account, timeouts: dict, max_line_bytes: int = 1_048_576):
         self.account = account

@@ -10,6 +10,7 @@ import contextlib
 import email.utils
 import http.client
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import requests
 import urllib3
 
 from app.cooperative import Pacer
-from app.errors import StreamCut, UpstreamError, UpstreamTimeout
+from app.errors import StreamCut, UpstreamError, UpstreamRejected, UpstreamTimeout
 
 MAX_ERROR_BODY = 4096
 READ_SIZE = 65536
@@ -27,6 +28,7 @@ STREAM_LINES = 64  # one answer may carry this many full-length lines' worth of 
 FRAGMENT = 8  # a run this long of a secret is redacted wherever it shows (an echo cut short is still a leak)
 # What reading a body can raise when the connection fails: requests' own, and urllib3's and the socket's (raw reads).
 BROKEN = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+log = logging.getLogger(__name__)
 CALLER_FAULTS = (400, 404, 409, 413, 422)  # the request's own fault: they say nothing about the account
 SCRUB_CHARS = 4000  # upstream text is cut to this before scrubbing (scrubbing is linear; callers cut further)
 
@@ -106,18 +108,23 @@ class HttpClient:
                 "its key or token needs to be checked",
                 fault="credentials",
             )
-        detail = self._error_detail(response)
+        detail, error = self._error_detail(response)
         response.close()
         message = f"account {name!r}: the upstream answered {status}: {detail}"
         if status == 429:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             raise UpstreamError(message, fault="rate_limited", retry_after=wait)
-        raise UpstreamError(message, fault="caller" if status in CALLER_FAULTS else "transient")
+        if status in CALLER_FAULTS:  # the request's own fault: the caller gets the upstream's own answer
+            log.info("account %r: the upstream refused the request (%d): %s", name, status, detail)
+            param, code = as_name(error.get("param")), as_name(error.get("code"))
+            raise UpstreamRejected(detail, status=status, code=code, param=param)
+        raise UpstreamError(message, fault="transient")
 
     def _read_timeout(self, what: str) -> UpstreamTimeout:
         return UpstreamTimeout(f"account {self.account.name!r}: the upstream {what} for {self.timeout[1]:g}s")
 
-    def _error_detail(self, response: requests.Response) -> str:
+    def _error_detail(self, response: requests.Response) -> tuple[str, dict]:
+        """The error answer's message (scrubbed, at most 500 characters) and its error object ({} if none)."""
         try:
             raw = next(response.iter_content(MAX_ERROR_BODY), b"")
         except requests.exceptions.RequestException:
@@ -128,7 +135,8 @@ class HttpClient:
         except ValueError:
             data = None
         message = upstream_message(data) if data is not None else None
-        return self.scrub(message or text.strip() or response.reason or "no details")[:500]
+        error = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
+        return self.scrub(message or text.strip() or response.reason or "no details")[:500], error
 
     def sse_data(self, response: requests.Response) -> Iterator[str]:
         """Yield the data field of each server-sent event until [DONE] or the end of the body."""
@@ -294,3 +302,10 @@ class Scrubber:
                 out.append(text[i])
                 i += 1
         return "".join(out)
+
+
+def as_name(value) -> str | None:
+    """An upstream's error code or parameter name, if it looks like one (short, plain)."""
+    if isinstance(value, str) and 0 < len(value) <= 100 and value.replace("_", "").replace(".", "").isalnum():
+        return value
+    return None

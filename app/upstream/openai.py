@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 
 from app.errors import StreamCut, UpstreamError
-from app.upstream.base import Delta, Done, Turn, Upstream, as_dict, as_id, as_str
+from app.upstream.base import CAPABILITIES, Delta, Done, Turn, Upstream, as_dict, as_id, as_str
 from app.upstream.http import upstream_message
 
 
@@ -26,18 +26,32 @@ def chat_messages(turn: Turn) -> list[dict]:
     return messages
 
 
+def _said(choice: dict) -> str:
+    """What one choice of a chunk (its delta) or of an answer (its message) says, for counting: text, refusal
+    and tool call arguments."""
+    part = as_dict(choice.get("delta") or choice.get("message"))
+    said = [as_str(part.get("content")) or "", as_str(part.get("refusal")) or ""]
+    calls = part.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = as_dict(as_dict(call).get("function"))
+        said.append((as_str(function.get("name")) or "") + (as_str(function.get("arguments")) or ""))
+    return "".join(said)
+
+
 class OpenAIUpstream(Upstream):
+    capabilities = CAPABILITIES  # the caller's request goes as it is: tools, schemas, n, parts, logprobs
+
     def stream(self, turn: Turn) -> Iterator[Delta | Done]:
+        if turn.request is not None:
+            yield from self._relay(turn)
+            return
         payload = {
             "model": turn.model,
             "messages": chat_messages(turn),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        headers = {"Accept": "text/event-stream"}
-        if self.account.api_key:
-            headers["Authorization"] = f"Bearer {self.account.api_key}"
-        response = self.http.post(f"{self.account.base_url}/chat/completions", payload, headers)
+        response = self.http.post(f"{self.account.base_url}/chat/completions", payload, self._headers())
         if "text/event-stream" not in response.headers.get("Content-Type", ""):
             yield from self._whole(response)  # a server that ignored "stream": one JSON answer
             return
@@ -62,6 +76,49 @@ class OpenAIUpstream(Upstream):
         if not said and finish is None:  # nothing usable came, not even a reason for saying nothing
             raise UpstreamError(f"account {self.account.name!r}: the upstream ended without a reply")
         yield Done(model=model, upstream_message_id=reply_id, usage=usage, finish_reason=finish or "stop")
+
+    def _headers(self) -> dict:
+        headers = {"Accept": "text/event-stream"}
+        if self.account.api_key:
+            headers["Authorization"] = f"Bearer {self.account.api_key}"
+        return headers
+
+    def _relay(self, turn: Turn) -> Iterator[Delta | Done]:
+        """A /v1 caller's request as it is (with this account's model): each chunk passed on as the upstream
+        sent it (Delta.raw), or the whole answer (Done.raw) when the caller did not ask for a stream."""
+        payload = {**turn.request, "model": turn.model}
+        response = self.http.post(f"{self.account.base_url}/chat/completions", payload, self._headers())
+        if not payload.get("stream") or "text/event-stream" not in response.headers.get("Content-Type", ""):
+            body = self._parse(self.http.body(response, self.http.max_line_bytes).decode("utf-8", "replace"))
+            choices = body.get("choices")
+            said = "".join(_said(as_dict(c)) for c in (choices if isinstance(choices, list) else ()))
+            # A stream asked of a server that answered with one JSON: that answer as the stream's one chunk.
+            chunk = {**body, "object": "chat.completion.chunk"} if payload.get("stream") else body
+            yield Delta(said, raw=chunk)
+            yield Done(
+                model=as_id(body.get("model")) or turn.model,
+                upstream_message_id=as_id(body.get("id")),
+                usage=as_dict(body.get("usage")) or None,
+                finish_reason=_first_finish(choices) or "stop",
+                raw=body,
+            )
+            return
+        usage, finish, chunks = None, None, 0
+        try:
+            for data in self.http.sse_data(response):
+                chunk = self._parse(data)
+                usage = as_dict(chunk.get("usage")) or usage
+                choices = chunk.get("choices")
+                choices = choices if isinstance(choices, list) else []
+                finish = _first_finish(choices, finish)
+                chunks += 1
+                yield Delta("".join(_said(as_dict(c)) for c in choices), raw=chunk)
+        except StreamCut:
+            if finish is None:
+                raise
+        if not chunks:
+            raise UpstreamError(f"account {self.account.name!r}: the upstream ended without a reply")
+        yield Done(model=turn.model, usage=usage, finish_reason=finish or "stop")
 
     def _parse(self, data: str) -> dict:
         try:
@@ -91,3 +148,12 @@ class OpenAIUpstream(Upstream):
             usage=as_dict(body.get("usage")) or None,
             finish_reason=as_str(choice.get("finish_reason")) or "stop",
         )
+
+
+def _first_finish(choices, found: str | None = None) -> str | None:
+    """The first choice's finish_reason, once one is given."""
+    for choice in choices if isinstance(choices, list) else ():
+        reason = as_str(as_dict(choice).get("finish_reason"))
+        if reason:
+            return found or reason
+    return found
