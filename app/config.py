@@ -101,6 +101,7 @@ DEFAULTS = {
         for role in ("admin", "client", "user")
     },
     "key_failures_per_minute": 20,  # wrong API keys one client address may send a minute before a 429 (0: no limit)
+    "model_aliases": {},  # a model name callers may ask for -> the model it means ("gpt-3.5-turbo": "gpt-4o-mini")
     "queue_timeout": 10.0,  # seconds a request waits for an account with room (max_concurrent, rpm)
     "alerts": {"webhook_url": None},  # a JSON POST when an account needs attention or a class has none left
     "routes": dict(ROUTE_DEFAULTS),
@@ -129,6 +130,7 @@ ACCOUNT_KEYS = {
     "auth_base": str,
     "base_url": str,
     "model": str,
+    "models": list,
     "plus": bool,
     "proxy": (str, type(None)),
     "enabled": bool,
@@ -161,6 +163,14 @@ class Account:
     proxy: str | None = None
     max_concurrent: int | None = None  # requests in flight at once, across every worker and instance
     rpm: int | None = None  # requests per minute, likewise
+    models: tuple[str, ...] = ()  # the other models it serves besides `model`, its default
+
+    def serves(self, name: str) -> bool:
+        return name == self.model or name in self.models
+
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        return (self.model, *(m for m in self.models if m != self.model))
 
     @property
     def secret(self) -> str:
@@ -283,7 +293,14 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
         proxy=check_proxy(f"{where}.proxy", proxy),
         max_concurrent=raw.get("max_concurrent"),
         rpm=raw.get("rpm"),
+        models=_check_models(f"{where}.models", raw.get("models", [])),
     )
+
+
+def _check_models(where: str, models: list) -> tuple[str, ...]:
+    if not all(isinstance(m, str) and 0 < len(m) <= 128 and m.isprintable() for m in models):
+        raise ConfigError(f"{where}: must be a list of model names (1-128 printable characters each)")
+    return tuple(dict.fromkeys(models))
 
 
 def _merge_section(where: str, defaults: dict, given, types: dict | None = None) -> dict:
@@ -319,6 +336,13 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
             settings[key] = _merge_section(key, DEFAULTS[key], value, types)
         elif key == "limits":
             settings[key] = _check_limits_section(value)
+        elif key == "model_aliases":
+            _check_type(key, value, dict)
+            if not all(isinstance(v, str) and v and len(k) <= 128 and len(v) <= 128 for k, v in value.items()):
+                raise ConfigError(
+                    'model_aliases: must map model names to model names, e.g. {"gpt-3.5-turbo": "gpt-4o"}'
+                )
+            settings[key] = dict(value)
         elif key in ("routes", "pages"):
             settings[key] = _merge_section(key, DEFAULTS[key], value)
         elif key == "accounts":

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.alerts import Alerts
 from app.config import Account
@@ -54,10 +54,16 @@ class Lease:
     lease: str | None = None
     healing: bool = False
     tracked: bool = True  # False for a caller's own access token: not a pool account
+    model: str | None = None  # the model it was chosen for, when the caller asked for one
 
     @property
     def name(self) -> str:
         return self.upstream.account.name
+
+    @property
+    def serving(self) -> str:
+        """The model the request goes to: the one asked for, or the account's default."""
+        return self.model or self.upstream.account.model
 
 
 class Pool:
@@ -77,6 +83,7 @@ class Pool:
         """Take a new list of accounts (and health rules) at run time; unchanged accounts keep their sessions."""
         self.health_rules = dict(settings["health"])
         self.queue_timeout = float(settings["queue_timeout"])
+        self.aliases = dict(settings.get("model_aliases") or {})
         self.alerts = Alerts(settings["alerts"]["webhook_url"], self.state)
         upstreams = {}
         for account in accounts:
@@ -112,8 +119,11 @@ class Pool:
         accounts = [a for a in self.enabled() if klass == "any" or a.plus == (klass == "plus")]
         return klass, accounts
 
-    def pick(self, plus: str, user_plus: bool, exclude: Iterable[str] = (), first=None) -> Lease:
-        """Take the next eligible account for a new conversation (healthy, with room), waiting for room.
+    def pick(
+        self, plus: str, user_plus: bool, exclude: Iterable[str] = (), first=None, model: str | None = None
+    ) -> Lease:
+        """Take the next eligible account for a new conversation (healthy, with room), waiting for room;
+        with model, among those serving it (an alias names the model it stands for).
 
         first: work for the choice's own transaction (SqlPoolState.choose), such as the turn's admission.
         """
@@ -124,7 +134,13 @@ class Pool:
                 f"{'ask for plus=any or ' if klass == 'plus' else ''}"
                 "add one to settings.json"
             )
-        return self._take(klass, [a for a in accounts if a.name not in exclude], klass, first=first)
+        cursor, model = klass, self.resolve(model)
+        if model:
+            accounts, cursor = [a for a in accounts if a.serves(model)], f"{klass}:{model}"
+            if not accounts:
+                raise NotFound(f"no {klass} account serves the model {model!r}", param="model")
+        lease = self._take(cursor, [a for a in accounts if a.name not in exclude], klass, first=first)
+        return replace(lease, model=model) if model else lease
 
     def pick_model(
         self, model: str | None, user_plus: bool, exclude: Iterable[str] = (), first=None, needs: dict | None = None
@@ -132,8 +148,9 @@ class Pool:
         """Take the next account serving model among all the caller may use (any account when model is empty)
         that can do what the request needs ({capability: the parameter asking for it}, Upstream.capabilities)."""
         _klass, accounts = self.eligible("any", user_plus)
+        model = self.resolve(model)
         if model:
-            accounts = [a for a in accounts if a.model == model]
+            accounts = [a for a in accounts if a.serves(model)]
         if not accounts:
             if model:
                 raise NotFound(f"the model {model!r} does not exist or you do not have access to it", param="model")
@@ -146,7 +163,12 @@ class Pool:
             accounts = able
         cursor = f"model:{model or '*'}:{int(user_plus)}"
         what = f"model {model}" if model else ""
-        return self._take(cursor, [a for a in accounts if a.name not in exclude], what, first=first)
+        lease = self._take(cursor, [a for a in accounts if a.name not in exclude], what, first=first)
+        return replace(lease, model=model) if model else lease
+
+    def resolve(self, model: str | None) -> str | None:
+        """The model a name means: itself, or the model an alias in settings stands for."""
+        return self.aliases.get(model, model) if model else model
 
     def replacement(self, klass: str, user_plus: bool, exclude: Iterable[str], first=None) -> Lease:
         """Take another account of klass for a conversation whose history is kept here (stateless types)."""
@@ -316,8 +338,10 @@ class Pool:
         return counts
 
     def models(self, user_plus: bool) -> list[str]:
-        """Return the models of the accounts the caller may use, each once, in settings order."""
-        return list(dict.fromkeys(a.model for a in self.eligible("any", user_plus)[1]))
+        """Return the models of the accounts the caller may use, each once, in settings order, then the aliases
+        of those models."""
+        served = dict.fromkeys(m for a in self.eligible("any", user_plus)[1] for m in a.all_models)
+        return [*served, *(alias for alias, model in self.aliases.items() if model in served and alias not in served)]
 
     def own_token(self, access_token: str, user_plus: bool) -> Lease:
         """Build (or reuse) a chatgpt-web account for a caller's own access token."""

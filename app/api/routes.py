@@ -24,6 +24,7 @@ def chat():
     principal = auth.principal(params, create=True, actor=actor)
     options = {
         "conversation_id": text(params, "conversation_id", max_len=64),
+        "model": text(params, "model", max_len=128),
         "plus": plus,
         "access_token": access_token,
         "user_plus": user_plus,

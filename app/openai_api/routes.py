@@ -158,7 +158,13 @@ def model(model_id: str):
     return jsonify(_model(model_id))
 
 
+def embeddings():
+    caller = _caller()
+    return jsonify(services().chat.embed(auth.principal({}, actor=caller), json_object()))
+
+
 def register(app: Flask) -> None:
     app.add_url_rule("/v1/chat/completions", endpoint="v1.chat", view_func=chat_completions, methods=["POST"])
+    app.add_url_rule("/v1/embeddings", endpoint="v1.embeddings", view_func=embeddings, methods=["POST"])
     app.add_url_rule("/v1/models", endpoint="v1.models", view_func=models, methods=["GET"])
     app.add_url_rule("/v1/models/<path:model_id>", endpoint="v1.model", view_func=model, methods=["GET"])

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvailable, UpstreamError, UpstreamTimeout
 from app.pool import PLUS_MODES, Lease, Pool, back_in, class_of, token_hash
-from app.services.completions import Completion, check_completion, upstream_body
+from app.services.completions import Completion, check_completion, check_embedding, upstream_body
 from app.services.conversations import MAX_TITLE, ConversationService
 from app.services.principal import Principal
 from app.services.quota import Admit, QuotaService, Ticket
@@ -125,11 +125,16 @@ class ChatService:
         access_token: str | None = None,
         user_plus: bool = False,
         front: str = "api",
+        model: str | None = None,
     ) -> Iterator[Delta | dict]:
-        """Check everything, then return a generator of Delta events ending with the answer JSON."""
+        """Check everything, then return a generator of Delta events ending with the answer JSON.
+
+        model: for a new conversation, among the accounts serving it (an alias names the model it stands for);
+        a follow-up stays on its conversation's account, which must serve it.
+        """
         admit, plan = self._admission(principal), None
         try:
-            plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus, admit)
+            plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus, admit, model)
             ticket = self._admitted(admit)
         except BaseException as exc:
             if plan is not None:
@@ -138,8 +143,15 @@ class ChatService:
             raise
         return self._run(principal, plan, ticket, front)
 
+    def embed(self, principal: Principal, body: dict, front: str = "v1") -> dict:
+        """Answer a /v1/embeddings request from an account serving its model (openai type), as the upstream did."""
+        done = None
+        for event in self.complete_stream(principal, body, front, embedding=True)[2]:
+            done = event if isinstance(event, Done) else done
+        return done.raw
+
     def complete_stream(
-        self, principal: Principal, body: dict, front: str = "v1"
+        self, principal: Principal, body: dict, front: str = "v1", embedding: bool = False
     ) -> tuple[Completion, Upstream, Iterator[Delta | Done]]:
         """Answer a stateless /v1 Chat Completions request: check it, pick an account serving its model that can
         do what it asks (app/services/completions.py), stream.
@@ -150,7 +162,8 @@ class ChatService:
         """
         if not principal.may_write:
             raise Forbidden("admins may read other users' conversations but not chat as them")
-        completion = check_completion(body, self.max_prompt_chars)
+        check = check_embedding if embedding else check_completion
+        completion = check(body, self.max_prompt_chars)
         model, user_plus, needs = body.get("model"), principal.user.plus, completion.needs
         admit, lease = self._admission(principal), None
         try:
@@ -163,9 +176,10 @@ class ChatService:
             raise
         turn = Turn(
             prompt=fold_messages(list(completion.messages)),
-            model=lease.upstream.account.model,
+            model=lease.serving,
             messages=completion.messages,
-            request=upstream_body(completion, lease.upstream.account.model),
+            request=upstream_body(completion, lease.serving),
+            endpoint="embeddings" if embedding else "chat/completions",
         )
 
         def replace_(tried: list[str]) -> Lease:
@@ -259,7 +273,7 @@ class ChatService:
 
     # -- deciding ------------------------------------------------------------------------
 
-    def _plan(self, principal, prompt, conversation_id, plus, access_token, user_plus, admit=None) -> Plan:
+    def _plan(self, principal, prompt, conversation_id, plus, access_token, user_plus, admit=None, model=None) -> Plan:
         prompt = (prompt or "").strip()
         if not prompt:
             raise BadRequest("prompt is required", param="prompt")
@@ -277,9 +291,13 @@ class ChatService:
                 lease = self.pool.own_token(access_token, user_plus)
                 return Plan(lease, Turn(prompt=prompt, model=lease.upstream.account.model), None, None, digest)
             user = principal.user.plus
-            lease = self.pool.pick(plus, user, first=admit)
-            turn = Turn(prompt=prompt, model=lease.upstream.account.model)
-            return Plan(lease, turn, None, None, None, replace=lambda tried: self.pool.pick(plus, user, tried))
+            lease = self.pool.pick(plus, user, first=admit, model=model)
+            turn = Turn(prompt=prompt, model=lease.serving)
+
+            def replace_(tried: list[str]) -> Lease:
+                return self.pool.pick(plus, user, tried, model=model)
+
+            return Plan(lease, turn, None, None, None, replace=replace_)
         conv = self.conversations.writable(principal, conversation_id)
         if conv.token_hash:
             if not access_token:
@@ -290,6 +308,12 @@ class ChatService:
         else:
             lease, replace_ = self._follow_up_lease(principal, conv, admit)
         try:
+            if model and not lease.upstream.account.serves(self.pool.resolve(model)):
+                raise BadRequest(
+                    f"this conversation stays on its account, which does not serve the model {model!r}", param="model"
+                )
+            if model:
+                lease = replace(lease, model=self.pool.resolve(model))
             return self._follow_up(conv, prompt, lease, replace_)
         except BaseException:
             self.pool.released(lease)
@@ -348,7 +372,7 @@ class ChatService:
         sent = trim_history(pairs, self.max_history_chars)
         turn = Turn(
             prompt=prompt,
-            model=lease.upstream.account.model,
+            model=lease.serving,
             history=sent,
             upstream_conversation_id=conv.upstream_conversation_id,
             upstream_parent_id=parent,
@@ -441,7 +465,7 @@ class ChatService:
             failure.retry_after = min(known) if known else None
             raise failure from None
         log.info("account %r failed before its first byte; the turn goes to %r", tried[-1], lease.name)
-        plan.turn = replace(plan.turn, model=lease.upstream.account.model)
+        plan.turn = replace(plan.turn, model=lease.serving)
         if plan.conversation is not None:
             plan.account_changed = lease.name != plan.conversation.account_name
         return lease

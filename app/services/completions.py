@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.errors import BadRequest
-from app.upstream.base import CHOICES, LOGPROBS, MEDIA, STRUCTURED, TOOLS, has_surrogates
+from app.upstream.base import CHOICES, EMBEDDINGS, LOGPROBS, MEDIA, STRUCTURED, TOOLS, has_surrogates
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 OWNED = ("model", "stream", "stream_options")  # the server sets these itself
@@ -117,6 +117,30 @@ def _needs_of_fields(body: dict, needs: dict[str, str]) -> None:
         needs.setdefault(LOGPROBS, "logprobs")
     if "audio" in (body.get("modalities") or ()) or body.get("audio"):
         needs.setdefault(MEDIA, "modalities")
+
+
+def check_embedding(body: dict, max_chars: int) -> Completion:
+    """Check a /v1/embeddings body: a model, and input as a string, strings, or token lists."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required: the embedding model to use", param="model")
+    given = body.get("input")
+    items = given if isinstance(given, list) and given else [given]
+    texts = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and isinstance(given, list):
+            texts.append("x")  # one token of a token list
+        elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            texts.append("x" * len(item))
+        else:
+            raise BadRequest("input must be a string, a list of strings, or token lists", param="input")
+    total = sum(len(t) for t in texts)
+    if total > max_chars:
+        raise BadRequest(f"input holds more than {max_chars} characters", param="input")
+    messages = ({"role": "user", "content": "".join(texts)},)
+    return Completion(body, messages, {EMBEDDINGS: "model"}, total, False, False)
 
 
 def upstream_body(completion: Completion, model: str) -> dict:

@@ -16,8 +16,8 @@ MAX_ID = 200  # an upstream id or model name longer than this is not one
 
 # What a /v1 request may need of an account beyond one prompt's text (Upstream.capabilities).
 TOOLS, STRUCTURED, CHOICES = "tools", "structured output", "n > 1"
-MEDIA, LOGPROBS = "images, audio or files", "logprobs"
-CAPABILITIES = frozenset((TOOLS, STRUCTURED, CHOICES, MEDIA, LOGPROBS))
+MEDIA, LOGPROBS, EMBEDDINGS = "images, audio or files", "logprobs", "embeddings"
+CAPABILITIES = frozenset((TOOLS, STRUCTURED, CHOICES, MEDIA, LOGPROBS, EMBEDDINGS))
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Turn:
     # A /v1 caller's whole Chat Completions body (app/services/completions.py), for account types that
     # relay it (openai): sent as it is but for the model, and answered with the upstream's own chunks.
     request: dict | None = None
+    endpoint: str = "chat/completions"  # where a relayed request goes (embeddings: "embeddings")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class OpenAIUpstream(Upstream):
         """A /v1 caller's request as it is (with this account's model): each chunk passed on as the upstream
         sent it (Delta.raw), or the whole answer (Done.raw) when the caller did not ask for a stream."""
         payload = {**turn.request, "model": turn.model}
-        response = self.http.post(f"{self.account.base_url}/chat/completions", payload, self._headers())
+        response = self.http.post(f"{self.account.base_url}/{turn.endpoint}", payload, self._headers())
         if not payload.get("stream") or "text/event-stream" not in response.headers.get("Content-Type", ""):
             body = self._parse(self.http.body(response, self.http.max_line_bytes).decode("utf-8", "replace"))
             choices = body.get("choices")
@@ -95,10 +95,13 @@ class OpenAIUpstream(Upstream):
             # A stream asked of a server that answered with one JSON: that answer as the stream's one chunk.
             chunk = {**body, "object": "chat.completion.chunk"} if payload.get("stream") else body
             yield Delta(said, raw=chunk)
+            usage = as_dict(body.get("usage")) or None
+            if usage is not None and turn.endpoint == "embeddings":  # an embedding's tokens are all the prompt's
+                usage = {"completion_tokens": 0, **usage}
             yield Done(
                 model=as_id(body.get("model")) or turn.model,
                 upstream_message_id=as_id(body.get("id")),
-                usage=as_dict(body.get("usage")) or None,
+                usage=usage,
                 finish_reason=_first_finish(choices) or "stop",
                 raw=body,
             )

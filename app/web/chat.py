@@ -39,6 +39,7 @@ def _ask():
     if valid and user is not None:
         options = {
             "conversation_id": form.conversation_id.data or None,
+            "model": (form.model.data or "").strip() or None,
             "plus": form.plus.data or "false",
             "access_token": (form.access_token.data or "").strip() or None,
             "user_plus": form.user_plus.data,
@@ -112,6 +113,7 @@ def _page(
         "sidebar": services().conversations.list(own(user), 0, SIDEBAR) if user else None,
         "answer_json": json.dumps(answer, indent=2, ensure_ascii=False) if answer else None,
         "rename_form": rename_form,
+        "models": services().chat.models(own(user)) if user else None,
     }
     return render_template("chat.html", **context), status
 

@@ -44,6 +44,7 @@ class ChatForm(FlaskForm):
     reply_only = BooleanField("Answer with the reply text only")
     access_token = PasswordField("Your own ChatGPT access token")
     user_plus = BooleanField("That token belongs to a Plus account")
+    model = StringField("Model (empty: the account's own)")
 
 
 class RenameForm(FlaskForm):
