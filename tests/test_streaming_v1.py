@@ -770,7 +770,7 @@ def test_v1_errors_have_openais_json_shape(mixed, case, status, kind, code, para
     if case == "wrong method":
         response = server.get("/v1/chat/completions", key)
     elif case == "unknown path":
-        response = server.post("/v1/embeddings", key, json=body)
+        response = server.post("/v1/no-such-route", key, json=body)
     else:
         response = v1_post(server, key, body)
     error = openai_error_of(response, status)
