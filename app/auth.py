@@ -16,7 +16,7 @@ from flask import current_app, g, request, session
 
 from app.api.params import flag, text
 from app.context import services
-from app.errors import Forbidden
+from app.errors import Forbidden, Unauthorized
 from app.services.principal import Principal
 from app.store.users import User
 
@@ -35,10 +35,13 @@ def arrived() -> float:
 
 
 def request_key(params: dict) -> str | None:
-    """Return the API key from the Bearer header or a key parameter."""
-    header = request.headers.get("Authorization", "")
+    """Return the API key from the Authorization header (Bearer KEY, or the bare KEY the original systems
+    sent) or a key parameter."""
+    header = request.headers.get("Authorization", "").strip()
     if header.lower().startswith("bearer ") and header[7:].strip():
         return header[7:].strip()
+    if header and " " not in header:  # `Authorization: KEY`, as acheong08's and gajosu's clients send it
+        return header
     for name in KEY_PARAMS:
         value = params.get(name)
         if isinstance(value, str) and value:
@@ -46,9 +49,24 @@ def request_key(params: dict) -> str | None:
     return None
 
 
+def unread_authorization() -> str | None:
+    """The scheme of an Authorization header this server does not read (Basic, Token ...), if one came."""
+    header = request.headers.get("Authorization", "").strip()
+    if " " in header and not header.lower().startswith("bearer "):
+        return header.split(" ", 1)[0]
+    return None
+
+
 def caller(params: dict) -> User:
     """Return the user whose key came with the request, or raise Unauthorized."""
-    return services().users.authenticate(request_key(params), request.remote_addr)
+    key = request_key(params)
+    scheme = unread_authorization()
+    if key is None and scheme:
+        raise Unauthorized(
+            f"no API key this server reads: an Authorization header of scheme {scheme!r} came; "
+            "send 'Authorization: Bearer KEY' (or the key alone)"
+        )
+    return services().users.authenticate(key, request.remote_addr)
 
 
 def principal(params: dict, create: bool = False, actor: User | None = None) -> Principal:

@@ -35,6 +35,7 @@ ROUTE_DEFAULTS = {
     "recall": "/api/recall",
     "remove_conversation": "/api/remove-conversation",
     "add_user": "/api/client/add-user",
+    "ask": "/api/ask",
 }
 
 # The browser pages. Actions hang below these paths: chat + "/<conversation_id>[/rename|/delete]",

@@ -1,4 +1,6 @@
-"""The original server's answer shapes, for scripts written against it."""
+"""The original systems' answer shapes, for scripts written against them: the original Flask server's
+recall, remove-conversation and add-user, and acheong08/ChatGPT-API-server's /api/ask. Each is a thin
+front over the same services."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from flask import jsonify
 from app import auth
 from app.api.params import flag, request_params, text
 from app.context import services
-from app.errors import BadRequest
+from app.errors import AppError, BadRequest, error_headers
 
 
 def recall():
@@ -55,7 +57,34 @@ def add_user():
     ), 201
 
 
+def ask():
+    """acheong08's POST /api/ask {content, conversation_id?, parent_id?} with `Authorization: KEY` ->
+    {id, response_id, conversation_id, content, error}; its errors are {"error": message} with the status.
+    A follow-up always continues from its conversation's last message (parent_id is read, not needed)."""
+    params = request_params()
+    try:
+        actor = auth.caller(params)
+        prompt = text(params, "content", required=True, max_len=services().chat.max_prompt_chars)
+        principal = auth.principal({}, actor=actor)
+        answer = services().chat.ask(principal, prompt, conversation_id=text(params, "conversation_id", max_len=64))
+    except AppError as exc:
+        response = jsonify({"error": exc.message})
+        response.status_code = exc.status
+        response.headers.update(error_headers(exc))
+        return response
+    return jsonify(
+        {
+            "id": "",
+            "response_id": answer["message_id"],
+            "conversation_id": answer["conversation_id"],
+            "content": answer["reply"],
+            "error": "",
+        }
+    )
+
+
 VIEWS = {
+    "ask": (ask, ["POST"]),
     "recall": (recall, ["GET", "POST"]),
     "remove_conversation": (remove_conversation, ["GET", "POST"]),
     "add_user": (add_user, ["GET", "POST"]),
