@@ -18,11 +18,13 @@ from app.services import ChatService, ConversationService, UserService
 from app.services.accounts import AccountService
 from app.services.audit import AuditService
 from app.services.quota import QuotaService
+from app.services.responses import ResponseService
 from app.services.usage import UsageService
 from app.settings_file import SettingsFile
 from app.store import JsonUserStore, SqlConversationStore
 from app.store.audit import SqlAudit, SqlKeyThrottle
 from app.store.pool_state import SqlPoolState
+from app.store.responses import SqlResponses
 from app.store.usage import SqlUsage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,10 +92,12 @@ def create_app(
         chat=ChatService(store, pool, conversations, settings, quota=quota, usage=usage, on_admit=_limits_in_headers),
         quota=quota,
         usage=usage,
+        responses=None,
         audit=audit,
         pool=pool,
         store=store,
     )
+    services.responses = ResponseService(services.chat, SqlResponses(store))
     app.extensions["services"] = services
 
     wanted = admin_key or os.environ.get("ADMIN_API_KEY") or None
@@ -109,11 +113,13 @@ def create_app(
     app.after_request(_request_id_header)
     app.before_request(services.accounts.refresh)  # settings.json edited elsewhere: seen within a second
     from app.api.routes import register as register_api
+    from app.openai_api.responses import register as register_responses
     from app.openai_api.routes import register as register_v1
     from app.web.routes import register as register_web
 
     register_api(app, settings["routes"])
     register_v1(app)
+    register_responses(app)
     register_web(app)
     return app
 

@@ -25,7 +25,7 @@ OWNER = "chatgpt-api-server"
 log = logging.getLogger(__name__)
 
 
-def _caller():
+def v1_caller():
     """/v1 takes its key as OpenAI does: Authorization: Bearer KEY (a `user` field is OpenAI's, not a key)."""
     if not request.headers.get("Authorization", "").lower().startswith("bearer "):
         raise Unauthorized("no API key: send 'Authorization: Bearer KEY' (your key as the SDK's api_key)")
@@ -33,7 +33,7 @@ def _caller():
 
 
 def chat_completions():
-    caller = _caller()
+    caller = v1_caller()
     body = json_object()
     completion, upstream, events = services().chat.complete_stream(auth.principal({}, actor=caller), body)
     reply = Reply(upstream, body.get("model"))
@@ -148,18 +148,18 @@ def _model(name: str) -> dict:
 
 
 def models():
-    names = services().chat.models(auth.principal({}, actor=_caller()))
+    names = services().chat.models(auth.principal({}, actor=v1_caller()))
     return jsonify({"object": "list", "data": [_model(n) for n in names]})
 
 
 def model(model_id: str):
-    if model_id not in services().chat.models(auth.principal({}, actor=_caller())):
+    if model_id not in services().chat.models(auth.principal({}, actor=v1_caller())):
         raise NotFound(f"the model {model_id!r} does not exist or you do not have access to it", param="model")
     return jsonify(_model(model_id))
 
 
 def embeddings():
-    caller = _caller()
+    caller = v1_caller()
     return jsonify(services().chat.embed(auth.principal({}, actor=caller), json_object()))
 
 
