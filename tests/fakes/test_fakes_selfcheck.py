@@ -85,7 +85,11 @@ def test_openai_plain_and_stream_on_one_session(openai):
     assert data["object"] == "chat.completion" and data["model"] == "m1"
     message = data["choices"][0]["message"]
     assert message == {"role": "assistant", "content": "echo: hello there", "refusal": None}
-    assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    counts = {k: data["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert counts == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert data["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert data["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+    assert data["system_fingerprint"] == "fp_fake" and data["service_tier"] == "default"
     events = sse(chat(openai.url, "hi", session, stream=True, stream_options={"include_usage": True}))
     assert events[-1] == "[DONE]" and events[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-3]) == "echo: hi"
