@@ -54,3 +54,25 @@ def test_a_bare_key_works_on_every_api_route_and_an_unread_scheme_is_named(serve
     assert "'Basic'" in basic.json()["message"] and "Bearer" in basic.json()["message"]
     none = server.session.get(server.url + "/api/me", timeout=30)
     assert none.status_code == 401 and none.json()["message"].startswith("no API key:")
+
+
+def test_the_original_servers_reply_shape_by_parameter_and_by_the_users_record(server, admin, user):
+    """shape=original gives the original's answer (the reply in message.content.parts[0], api_user the username,
+    api_response_time_taken a string); a user whose record says "shape": "original" gets it without asking."""
+    plain = server.chat(user["api_key"], "hello")
+    assert "message" not in plain and isinstance(plain["api_response_time_taken"], float)
+    shaped = server.chat(user["api_key"], "hello", shape="original")
+    assert shaped["message"]["content"]["parts"][0] == plain["reply"]
+    assert shaped["message"]["id"] and shaped["status"] == "success" and shaped["error"] is None
+    assert shaped["api_user"] == "alice" and isinstance(shaped["api_response_time_taken"], str)
+    follow = server.chat(user["api_key"], "again", conversation_id=shaped["conversation_id"], shape="original")
+    assert follow["last_message_prompt"] == "hello"
+    patched = server.call("PATCH", f"/api/users/{user['user_id']}", admin, json={"shape": "original"})
+    assert patched.status_code == 200 and patched.json()["shape"] == "original"
+    unasked = server.chat(user["api_key"], "by default")
+    assert unasked["message"]["content"]["parts"][0] and "reply" not in unasked
+    assert "reply" in server.chat(user["api_key"], "ours", shape="default")
+    bad = server.call("PATCH", f"/api/users/{user['user_id']}", admin, json={"shape": "weird"})
+    assert bad.status_code == 400 and bad.json()["param"] == "shape"
+    log = server.get("/api/audit", admin, params={"action": "user.update"}).json()["entries"]
+    assert log[0]["detail"]["changes"]["shape"] == [None, "original"]

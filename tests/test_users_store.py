@@ -64,7 +64,7 @@ def assert_complete(path: Path) -> dict:
     users = json.loads(path.read_text())["users"]
     for uid, fields in users.items():
         # A user's own limits are written only when it has some.
-        assert set(fields) - {"limits"} == set(FIELDS) - {"user_id", "limits"}, uid
+        assert set(fields) - {"limits", "shape"} == set(FIELDS) - {"user_id", "limits", "shape"}, uid
         assert isinstance(fields.get("limits", {}), dict) and fields.get("limits", 1), uid
         assert isinstance(fields["username"], str) and fields["username"], uid
         assert fields["role"] in ("admin", "client", "user"), uid
@@ -345,9 +345,11 @@ def test_users_json_is_one_compact_user_per_line(store, path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith('{"version":1,"gen":2,"users":{') and lines[-1] == "}}"
     assert [json.loads("{" + line.rstrip(",") + "}") for line in lines[1:-1]] == [
-        {u: {k: v for k, v in dataclasses.asdict(make_user(u)).items() if k not in ("user_id", "limits")}}
+        {u: {k: v for k, v in dataclasses.asdict(make_user(u)).items() if k not in ("user_id", "limits", "shape")}}  # noqa: E501
         for u in ("a",)
-    ] + [{"b": {k: v for k, v in dataclasses.asdict(store.get("b")).items() if k not in ("user_id", "limits")}}]
+    ] + [
+        {"b": {k: v for k, v in dataclasses.asdict(store.get("b")).items() if k not in ("user_id", "limits", "shape")}}
+    ]
     assert store.get("b").username == 'quote " and \\ and \u00e9'
     assert (path.parent / "users.json.journal").stat().st_mode & 0o777 == 0o600
 

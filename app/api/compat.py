@@ -12,6 +12,39 @@ from app.context import services
 from app.errors import AppError, BadRequest, error_headers
 
 
+def original_answer(answer: dict) -> dict:
+    """An /api/chat answer as the original server gave it: the ChatGPT backend's final event (the reply in
+    message.content.parts[0], message.id), then its api_* fields (api_user the username,
+    api_response_time_taken a string)."""
+    message = {
+        "id": answer["message_id"],
+        "author": {"role": "assistant", "name": None, "metadata": {}},
+        "content": {"content_type": "text", "parts": [answer["reply"]]},
+        "status": "finished_successfully",
+        "end_turn": True,
+        "weight": 1.0,
+        "metadata": {"model_slug": answer["model"], "finish_details": {"type": answer["finish_reason"] or "stop"}},
+        "recipient": "all",
+    }
+    shaped = {
+        "message": message,
+        "conversation_id": answer["conversation_id"],
+        "error": None,
+        "conversation_title": answer["conversation_title"],
+        "api_prompt": answer["api_prompt"],
+        "api_prompt_time_origin": answer["api_prompt_time_origin"],
+        "api_prompt_time_origin_readable": answer["api_prompt_time_origin_readable"],
+        "api_user": answer["api_username"],
+        "api_client_id": answer["api_client_id"],
+        "api_response_time_taken": str(answer["api_response_time_taken"]),
+        "status": "success",
+    }
+    for name in ("last_message_prompt", "last_message_reply"):
+        if name in answer:
+            shaped[name] = answer[name]
+    return shaped
+
+
 def recall():
     """No id: {id: {"title": ...}}; with an id: the conversation and its messages keyed by id."""
     params = request_params()

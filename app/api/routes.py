@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 
 from app import auth
+from app.api.compat import original_answer
 from app.api.params import choice, flag, json_object, number, request_params, text, token
 from app.context import services
 from app.errors import BadRequest
@@ -21,6 +22,7 @@ def chat():
     reply_only, pretty = flag(params, "reply_only"), flag(params, "pretty")
     access_token = token(params, "access_token")
     user_plus = flag(params, "user_plus")
+    shape = choice(params, "shape", ("auto", "original", "default"), "auto")  # auto: as the key's record says
     principal = auth.principal(params, create=True, actor=actor)
     options = {
         "conversation_id": text(params, "conversation_id", max_len=64),
@@ -34,6 +36,8 @@ def chat():
     answer = services().chat.ask(principal, prompt, **options)
     if reply_only:
         return reply_only_response(answer["reply"], pretty)
+    if shape == "original" or (shape == "auto" and "original" in (principal.actor.shape, principal.user.shape)):
+        return jsonify(original_answer(answer))
     return jsonify(answer)
 
 
@@ -85,12 +89,12 @@ def user(user_id: str):
             {"status": "success", "deleted": removed[0].user_id, "deleted_users": [u.user_id for u in removed[1:]]}
         )
     if method == "PATCH":
-        changes = {k: params[k] for k in ("username", "plus", "limits", "role") if k in params}
+        changes = {k: params[k] for k in ("username", "plus", "limits", "role", "shape") if k in params}
         extra = sorted(set(params) - set(changes) - {"_method", *auth.KEY_PARAMS})
         if extra:
-            raise BadRequest(f"{extra[0]}: cannot be changed (username, plus, limits, role can)", param=extra[0])
+            raise BadRequest(f"{extra[0]}: cannot be changed (username, plus, limits, role, shape can)", param=extra[0])
         if not changes:
-            raise BadRequest("send at least one of username, plus, limits, role")
+            raise BadRequest("send at least one of username, plus, limits, role, shape")
         if "plus" in changes and not isinstance(changes["plus"], bool):
             changes["plus"] = flag(params, "plus")
         updated = services().users.update(actor, user_id, changes)

@@ -226,9 +226,11 @@ class UserService:
         """Change a user's username, plus, limits (and, by an admin, role), by the rules of creation."""
         if actor.role == "user":
             raise Forbidden("users cannot change users; ask an admin or your client")
-        unknown = sorted(set(changes) - {"username", "plus", "limits", "role"})
+        unknown = sorted(set(changes) - {"username", "plus", "limits", "role", "shape"})
         if unknown:
-            raise BadRequest(f"{unknown[0]}: cannot be changed (username, plus, limits, role can)", param=unknown[0])
+            raise BadRequest(
+                f"{unknown[0]}: cannot be changed (username, plus, limits, role, shape can)", param=unknown[0]
+            )
         target = self.visible(actor, user_id)
         fields = {}
         if "username" in changes:
@@ -241,6 +243,10 @@ class UserService:
             fields["plus"] = changes["plus"]
         if "limits" in changes:
             fields["limits"] = self.quota.check_grant(actor, changes["limits"]) or None
+        if "shape" in changes:
+            if changes["shape"] not in (None, "original"):
+                raise BadRequest('shape must be "original" or null (this server\'s own)', param="shape")
+            fields["shape"] = changes["shape"]
         if "role" in changes:
             if changes["role"] not in ROLES:
                 raise BadRequest(f"role must be one of {', '.join(ROLES)}", param="role")
@@ -265,7 +271,7 @@ class UserService:
     def _audit_changes(self, actor: User, before: User, after: User) -> None:
         changed = {
             name: [getattr(before, name), getattr(after, name)]
-            for name in ("username", "plus", "role")
+            for name in ("username", "plus", "role", "shape")
             if getattr(before, name) != getattr(after, name)
         }
         if changed:

@@ -47,7 +47,8 @@ LOCK_TIMEOUT = 10.0  # seconds a change waits for the lock before answering Busy
 JOURNAL_MAX_BYTES = 256 * 1024  # past this the journal is trimmed to its last JOURNAL_KEEP entries
 JOURNAL_KEEP = 100
 FIELDS = frozenset(f.name for f in dataclasses.fields(User)) - {"user_id"}
-OLD_FIELDS = FIELDS - {"limits"}  # a user written before per-user limits existed
+OPTIONAL = ("limits", "shape")  # written only when set (a user from before they existed has none)
+BASE_FIELDS = FIELDS - set(OPTIONAL)
 
 Stamp = tuple[int, int, int]
 Delta = tuple[dict[str, User], list[str]]  # users to put (new or changed), ids to delete
@@ -456,13 +457,14 @@ def _truncate(path: Path, inode: int, size: int) -> None:
 def _user(user_id: str, fields: dict) -> User:
     """A User from its stored fields, without the frozen dataclass's slow __init__ (3x faster: a full
     read of 20,000 users is mostly this and json.loads)."""
-    if not isinstance(fields, dict) or (fields.keys() != FIELDS and fields.keys() != OLD_FIELDS):
+    if not isinstance(fields, dict) or not BASE_FIELDS <= fields.keys() <= FIELDS:
         return User(user_id=user_id, **fields)  # raises, naming the missing or unknown field
     user = object.__new__(User)
     attributes = user.__dict__
     attributes.update(fields)
     attributes["user_id"] = user_id
-    attributes.setdefault("limits", None)
+    for name in OPTIONAL:
+        attributes.setdefault(name, None)
     return user
 
 
@@ -477,7 +479,9 @@ def _encode(user: User) -> str:
         f'"plus":{"true" if user.plus else "false"},"key_hash":{_quote(user.key_hash)},'
         f'"created_by":{text(user.created_by)},"external_id":{text(user.external_id)},'
         f'"created_at":{_quote(user.created_at)}'
-        + (f',"limits":{json.dumps(user.limits, separators=(",", ":"), sort_keys=True)}}}' if user.limits else "}")
+        + (f',"limits":{json.dumps(user.limits, separators=(",", ":"), sort_keys=True)}' if user.limits else "")
+        + (f',"shape":{_quote(user.shape)}' if user.shape else "")
+        + "}"
     )
 
 
