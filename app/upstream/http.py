@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
@@ -304,8 +305,11 @@ class Scrubber:
         return "".join(out)
 
 
+NAME = re.compile(r"[A-Za-z0-9_.\[\]-]{1,100}")
+
+
 def as_name(value) -> str | None:
-    """An upstream's error code or parameter name, if it looks like one (short, plain)."""
-    if isinstance(value, str) and 0 < len(value) <= 100 and value.replace("_", "").replace(".", "").isalnum():
+    """An upstream's error code or parameter name (`messages[0].content`), if it looks like one (short, plain)."""
+    if isinstance(value, str) and NAME.fullmatch(value):
         return value
     return None

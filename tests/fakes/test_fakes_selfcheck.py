@@ -1,21 +1,28 @@
-"""Check that each fake server speaks its protocol, using only requests."""
+"""Check that each fake server speaks its protocol, with requests and the official openai package."""
 
 from __future__ import annotations
 
 import base64
+import datetime
+import enum
 import json
 import socket
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate, parsedate_to_datetime
+from typing import Literal
 
+import httpx
 import pytest
 import requests
+from openai import BadRequestError, NotFoundError, OpenAI, UnprocessableEntityError, pydantic_function_tool
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel, Field
 
 from . import jwt_payload, make_jwt
 from .chatgpt_web_server import SESSION_COOKIE, FakeChatGPTWeb
-from .openai_server import FakeOpenAI
+from .openai_server import FakeOpenAI, sample_from_schema
 from .socks5 import BlackholeServer, Socks5Server
 from .webhook import FakeWebhook
 
@@ -434,3 +441,320 @@ def test_webhook_records_and_waits():
         assert answer.status_code == 500 and hook.received[-1]["path"] == "/elsewhere"
         with pytest.raises(AssertionError, match="4 of 5"):
             hook.wait_for(5, timeout=0.2)
+
+
+# -- the fake OpenAI against the official `openai` package -------------------------------------
+
+
+class Unit(enum.StrEnum):
+    celsius = "celsius"
+    fahrenheit = "fahrenheit"
+
+
+class Place(BaseModel):
+    city: str
+    zip_code: int | None
+
+
+class GetWeather(BaseModel):
+    place: Place
+    unit: Unit
+    days: list[int]
+
+
+class Lookup(BaseModel):
+    word: str
+    limit: int = Field(ge=3)
+
+
+class Report(BaseModel):
+    title: str
+    score: float
+    final: bool
+    kind: Literal["short", "long"]
+    places: list[Place]
+    day: datetime.date
+    parent: Report | None
+
+
+LOOKUP = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look a word up.",
+        "parameters": {
+            "type": "object",
+            "properties": {"word": {"type": "string"}, "limit": {"type": "integer", "minimum": 3}},
+            "required": ["word"],
+        },
+    },
+}
+
+
+def sdk(fake: FakeOpenAI) -> OpenAI:
+    return OpenAI(base_url=fake.url, api_key="sk-fake", max_retries=0, http_client=httpx.Client(trust_env=False))
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_openai_tool_calls_with_the_sdk(openai):
+    api = sdk(openai)
+    tools = [pydantic_function_tool(GetWeather), LOOKUP]
+    done = api.chat.completions.parse(model="m", messages=user("weather?"), tools=tools[:1])
+    ChatCompletion.model_validate(done.model_dump())
+    [choice] = done.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function" and call.function.name == "GetWeather"
+    assert call.function.parsed_arguments == GetWeather(place=Place(city="x", zip_code=1), unit="celsius", days=[1])
+    raw = openai.completion({"messages": user("x"), "tools": [LOOKUP]})
+    assert raw["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"word": "x", "limit": 3}'
+    named = {"type": "function", "function": {"name": "lookup"}}
+    picked = api.chat.completions.create(model="m", messages=user("x"), tools=tools, tool_choice=named)
+    assert json.loads(picked.choices[0].message.tool_calls[0].function.arguments) == {"word": "x", "limit": 3}
+    none = api.chat.completions.create(model="m", messages=user("plain"), tools=tools, tool_choice="none")
+    assert none.choices[0].message.content == "echo: plain" and none.choices[0].finish_reason == "stop"
+    with pytest.raises(BadRequestError) as wrong:
+        api.chat.completions.create(
+            model="m", messages=user("x"), tools=tools, tool_choice={"type": "function", "function": {"name": "no"}}
+        )
+    assert wrong.value.status_code == 400 and wrong.value.param == "tool_choice"
+
+    openai.parallel_tools = True
+    both = api.chat.completions.create(model="m", messages=user("x"), tools=tools)
+    assert [c.function.name for c in both.choices[0].message.tool_calls] == ["GetWeather", "lookup"]
+    one = api.chat.completions.create(model="m", messages=user("x"), tools=tools, parallel_tool_calls=False)
+    assert len(one.choices[0].message.tool_calls) == 1
+    openai.tool_arguments = {"word": "forced"}
+    forced = api.chat.completions.create(model="m", messages=user("x"), tools=[LOOKUP])
+    assert forced.choices[0].message.tool_calls[0].function.arguments == '{"word": "forced"}'
+    openai.tool_arguments = None
+
+    strict = [pydantic_function_tool(GetWeather), pydantic_function_tool(Lookup, name="lookup")]
+    with api.chat.completions.stream(model="m", messages=user("x"), tools=strict) as stream:
+        deltas = [e.arguments_delta for e in stream if e.type == "tool_calls.function.arguments.delta"]
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls
+    assert len(deltas) >= 6 and final.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in calls] == ["GetWeather", "lookup"] and len({c.id for c in calls}) == 2
+    assert calls[0].function.parsed_arguments.unit == Unit.celsius
+    assert calls[1].function.parsed_arguments == Lookup(word="x", limit=3)
+
+    history = [
+        *user("weather?"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": calls[1].id,
+                    "type": "function",
+                    "function": calls[1].function.model_dump(include={"name", "arguments"}),
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": calls[1].id, "content": "sunny"},
+    ]
+    after = api.chat.completions.create(model="m", messages=history, tools=tools)
+    assert after.choices[0].message.content == "tool result: sunny" and after.choices[0].message.tool_calls is None
+    assert openai.chats()[-1]["body"]["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": calls[1].id,
+        "content": "sunny",
+    }
+
+
+def test_openai_tool_call_stream_on_the_wire(openai):
+    openai.parallel_tools = True
+    body = {"tools": [LOOKUP, pydantic_function_tool(GetWeather)], "stream_options": {"include_usage": True}}
+    events = sse(chat(openai.url, "x", client(), stream=True, **body))
+    chunks = [ChatCompletionChunk.model_validate(e) for e in events[:-1]]
+    assert events[-1] == "[DONE]" and all(e["system_fingerprint"] == "fp_fake" for e in events[:-1])
+    first = events[0]["choices"][0]["delta"]
+    call_id = first["tool_calls"][0]["id"]
+    assert first == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"index": 0, "id": call_id, "type": "function", "function": {"name": "lookup", "arguments": ""}}
+        ],
+        "refusal": None,
+    }
+    calls = [d for c in chunks[1:-2] for d in c.choices[0].delta.tool_calls]
+    first_args = [d.function.arguments for d in calls if d.index == 0]
+    assert len(first_args) >= 3 and "".join(first_args) == '{"word": "x", "limit": 3}'
+    second = [d for d in calls if d.index == 1]
+    assert second[0].id.startswith("call_") and second[0].function.name == "GetWeather"
+    assert json.loads("".join(d.function.arguments for d in second)) == sample_from_schema(
+        pydantic_function_tool(GetWeather)["function"]["parameters"]
+    )
+    assert events[-3]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] > 0
+
+
+def test_openai_structured_output_with_the_sdk(openai):
+    api = sdk(openai)
+    done = api.chat.completions.parse(model="m", messages=user("report"), response_format=Report)
+    report = done.choices[0].message.parsed
+    assert isinstance(report, Report) and report.kind == "short" and report.day == datetime.date(2024, 1, 1)
+    assert report.places == [Place(city="x", zip_code=1)] and isinstance(report.parent, Report)
+    sent = openai.chats()[-1]["body"]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True
+    assert "$defs" in sent["json_schema"]["schema"]
+    with api.chat.completions.stream(model="m", messages=user("r"), response_format=Report) as stream:
+        assert stream.get_final_completion().choices[0].message.parsed.title == "x"
+    loose = api.chat.completions.create(model="m", messages=user("x"), response_format={"type": "json_object"})
+    assert json.loads(loose.choices[0].message.content) == {"ok": True}
+    openai.json_output = {"anything": [1, 2]}
+    assert json.loads(
+        api.chat.completions.create(model="m", messages=user("x"), response_format={"type": "json_object"})
+        .choices[0]
+        .message.content
+    ) == {"anything": [1, 2]}
+
+
+def test_sample_from_schema_covers_what_tools_use():
+    schema = {
+        "$defs": {"Leaf": {"type": "object", "properties": {"n": {"type": "number", "maximum": 1}}}},
+        "type": "object",
+        "properties": {
+            "leaf": {"$ref": "#/$defs/Leaf"},
+            "maybe": {"anyOf": [{"type": "string", "enum": ["b", "c"]}, {"type": "null"}]},
+            "nothing": {"type": "null"},
+            "either": {"oneOf": [{"type": "boolean"}, {"type": "string"}]},
+            "typed": {"type": ["integer", "null"], "exclusiveMinimum": 4},
+            "items": {"type": "array", "items": {"type": "string", "format": "email"}, "minItems": 2},
+            "pair": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}]},
+            "mapping": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "merged": {"allOf": [{"$ref": "#/$defs/Leaf"}, {"properties": {"m": {"const": 7}}}]},
+            "anything": {},
+        },
+    }
+    assert sample_from_schema(schema) == {
+        "leaf": {"n": 1},
+        "maybe": "b",
+        "nothing": None,
+        "either": True,
+        "typed": 5,
+        "items": ["user@example.com"] * 2,
+        "pair": [1, "x"],
+        "mapping": {"key": 1},
+        "merged": {"n": 1, "m": 7},
+        "anything": "x",
+    }
+
+
+def test_openai_choices_logprobs_and_limits(openai):
+    api = sdk(openai)
+    two = api.chat.completions.create(model="m", messages=user("hi"), n=2, logprobs=True, top_logprobs=2)
+    assert [(c.index, c.message.content) for c in two.choices] == [(0, "echo: hi #0"), (1, "echo: hi #1")]
+    assert two.usage.completion_tokens == 6 and two.system_fingerprint == "fp_fake" and two.service_tier == "default"
+    tokens = two.choices[1].logprobs.content
+    assert "".join(t.token for t in tokens) == "echo: hi #1" and two.choices[1].logprobs.refusal is None
+    assert all(t.logprob < 0 and bytes(t.bytes).decode() == t.token for t in tokens)
+    assert [len(t.top_logprobs) for t in tokens] == [2] * len(tokens) and tokens[0].top_logprobs[0].token == "echo"
+    plain = api.chat.completions.create(model="m", messages=user("hi"))
+    assert plain.choices[0].logprobs is None
+    events = sse(chat(openai.url, "hi", client(), stream=True, n=2, logprobs=True))
+    chunks = [ChatCompletionChunk.model_validate(e) for e in events[:-1]]
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == "stop"
+        assert "".join(c.delta.content or "" for c in mine) == f"echo: hi #{index}"
+        assert "".join(t.token for c in mine if c.logprobs for t in c.logprobs.content) == f"echo: hi #{index}"
+    with api.chat.completions.stream(model="m", messages=user("hi"), n=2) as stream:
+        final = stream.get_final_completion()
+    assert [c.message.content for c in final.choices] == ["echo: hi #0", "echo: hi #1"]
+    openai.reply_text = "one two three four five"
+    cut = api.chat.completions.create(model="m", messages=user("x"), max_tokens=2)
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("one two", "length")
+    cut = api.chat.completions.create(model="m", messages=user("x"), max_completion_tokens=3, stream=True)
+    cut = list(cut)
+    assert "".join(c.choices[0].delta.content or "" for c in cut) == "one two three"
+    assert cut[-1].choices[0].finish_reason == "length"
+    whole = api.chat.completions.create(model="m", messages=user("x"), max_tokens=5, stop=[" four"])
+    assert (whole.choices[0].message.content, whole.choices[0].finish_reason) == ("one two three", "stop")
+    openai.refusal, openai.finish_reason = "I can't help with that.", "content_filter"
+    refused = api.chat.completions.create(model="m", messages=user("x"))
+    assert (
+        refused.choices[0].message.refusal == "I can't help with that." and refused.choices[0].message.content is None
+    )
+    assert refused.choices[0].finish_reason == "content_filter"
+    openai.finish_reason = None  # the stream helper raises on content_filter
+    with api.chat.completions.stream(model="m", messages=user("x")) as stream:
+        assert stream.get_final_completion().choices[0].message.refusal == "I can't help with that."
+
+
+def test_openai_records_every_field_and_rejects_on_demand(openai):
+    api = sdk(openai)
+    api.chat.completions.create(
+        model="m",
+        messages=user("x"),
+        temperature=0.2,
+        seed=7,
+        metadata={"k": "v"},
+        extra_body={"unknown_field": {"deep": [1]}},
+    )
+    body = openai.chats()[-1]["body"]
+    assert (body["temperature"], body["seed"], body["metadata"], body["unknown_field"]) == (
+        0.2,
+        7,
+        {"k": "v"},
+        {"deep": [1]},
+    )
+    openai.reject_next(
+        400,
+        "Invalid schema for function 'f'.",
+        param="tools[0].function.parameters",
+        code="invalid_function_parameters",
+    )
+    openai.reject_next(404, "The model `m` does not exist.", code="model_not_found")
+    with pytest.raises(BadRequestError) as bad:
+        api.chat.completions.create(model="m", messages=user("x"))
+    assert bad.value.body == {
+        "message": "Invalid schema for function 'f'.",
+        "type": "invalid_request_error",
+        "param": "tools[0].function.parameters",
+        "code": "invalid_function_parameters",
+    }
+    with pytest.raises(NotFoundError) as missing:
+        api.chat.completions.create(model="m", messages=user("x"))
+    assert missing.value.code == "model_not_found"
+    assert api.chat.completions.create(model="m", messages=user("ok")).choices[0].message.content == "echo: ok"
+    openai.reject_next()
+    openai.heal()
+    assert api.chat.completions.create(model="m", messages=user("ok")).choices[0].message.content == "echo: ok"
+    openai.fail_status, openai.fail_times, openai.fail_param = 422, 1, "messages"
+    with pytest.raises(UnprocessableEntityError) as unprocessable:
+        api.chat.completions.create(model="m", messages=user("x"))
+    assert unprocessable.value.param == "messages"
+    openai.heal()
+    assert openai.fail_param is None and api.models.list().data[0].id == "fake-model"
+    assert len(openai.chats()) == 6 and len(openai.chats(5)) == 1
+
+
+def test_openai_embeddings_float_and_base64(openai):
+    api = sdk(openai)
+    default = api.embeddings.create(model="text-embedding-3-small", input=["hello world", "x"])
+    assert openai.embeddings_requests()[-1]["body"]["encoding_format"] == "base64"
+    floats = api.embeddings.create(model="text-embedding-3-small", input=["hello world", "x"], encoding_format="float")
+    assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
+    assert floats.data[0].embedding == FakeOpenAI.embedding_for("hello world") and len(floats.data[0].embedding) == 8
+    assert floats.data[0].embedding != floats.data[1].embedding and [d.index for d in floats.data] == [0, 1]
+    assert floats.model == "text-embedding-3-small" and floats.usage.prompt_tokens == 3 == floats.usage.total_tokens
+    single = api.embeddings.create(model="e", input="hello world", encoding_format="float", dimensions=40)
+    assert len(single.data) == 1 and single.data[0].embedding[:8] == floats.data[0].embedding
+    session = client()
+    raw = session.post(
+        f"{openai.url}/embeddings", json={"model": "e", "input": [1, 2, 3], "encoding_format": "base64"}, timeout=5
+    ).json()
+    [item] = raw["data"]
+    assert item["object"] == "embedding" and raw["object"] == "list" and raw["usage"]["prompt_tokens"] == 3
+    assert list(struct.unpack("<8f", base64.b64decode(item["embedding"]))) == FakeOpenAI.embedding_for([1, 2, 3])
+    lists = session.post(f"{openai.url}/embeddings", json={"model": "e", "input": [[1], [2, 3]]}, timeout=5).json()
+    assert len(lists["data"]) == 2 and lists["usage"]["total_tokens"] == 3
+    bad = session.post(f"{openai.url}/embeddings", json={"model": "e", "input": [{"no": 1}]}, timeout=5)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+    assert len(openai.embeddings_requests()) == 6 and openai.chats() == [] and openai.chat_count == 0
