@@ -36,7 +36,28 @@ ROUTE_DEFAULTS = {
     "remove_conversation": "/api/remove-conversation",
     "add_user": "/api/client/add-user",
     "ask": "/api/ask",
+    "access_token": "/api/access-token",
+    # acheong08/ChatGPT-API-server's user routes (admin_key); /admin/users is also the users page
+    "acheong_users": "/admin/users",
+    "acheong_users_add": "/admin/users/add",
+    "acheong_users_delete": "/admin/users/delete",
+    # linweiyuan/go-chatgpt-api; /conversations is also the conversations page (and gajosu's list)
+    "go_conversations": "/conversations",
+    "go_conversation": "/conversation/<conversation_id>",
+    "go_ask": "/conversation",
+    "go_gen_title": "/conversation/gen_title/<conversation_id>",
+    "go_feedback": "/conversation/message_feedback",
+    # gajosu/chat-gpt-rest-api (its list is go_conversations with shape gajosu)
+    "gajosu_new": "/conversations/new",
+    "gajosu_ask": "/conversations/<conversation_id>/ask",
+    "gajosu_messages": "/conversations/<conversation_id>/messages",
+    "gajosu_conversation": "/conversations/<conversation_id>",
+    "gajosu_delete_all": "/conversations/all",
 }
+
+# Routes that may share a page's path: a request with an Authorization header, an admin_key or asking
+# for JSON gets the route's answer, a browser the page (app/web/routes.py).
+SHARES_PAGE = {"acheong_users", "go_conversations"}
 
 # The browser pages. Actions hang below these paths: chat + "/<conversation_id>[/rename|/delete]",
 # conversations + "/delete", admin_users + "/<user_id>/key|/delete".
@@ -51,6 +72,7 @@ PAGE_DEFAULTS = {
     "admin_accounts": "/admin/accounts",
     "admin_usage": "/admin/usage",
     "admin_audit": "/admin/audit",
+    "access_token": "/access-token",
 }
 
 DEFAULTS = {
@@ -430,7 +452,8 @@ def _check_pages(settings: dict) -> None:
     seen: dict[str, str] = {}
     for section in ("routes", "pages"):
         for name, path in settings[section].items():
-            if path in seen:
+            shares = section == "pages" and seen.get(path, "").removeprefix("routes.") in SHARES_PAGE
+            if path in seen and not shares:
                 raise ConfigError(f"{section}.{name}: path {path!r} is already used by {seen[path]}")
             seen[path] = f"{section}.{name}"
     if settings["session_days"] < 1:

@@ -191,11 +191,26 @@ def openai_error(status: int, code: str, message: str, param: str | None = None)
     return {"message": message, "type": kind, "param": param, "code": code}
 
 
-def _wants_json() -> bool:
-    """JSON under the API's path prefixes (configurable routes included) or when JSON is asked for."""
-    if request.path.startswith(current_app.config.get("JSON_PREFIXES", ("/api", "/v1"))):
+def under_api(path: str) -> bool:
+    """Whether a path's first segment is one only the API uses (/api, /v1, and where settings move routes)."""
+    first = "/" + path.lstrip("/").split("/", 1)[0]
+    return first in current_app.config.get("JSON_PREFIXES", ("/api", "/v1"))
+
+
+def asks_for_api() -> bool:
+    """Whether a request is a program's, not a browser's: it carries an Authorization header or an
+    admin_key, or asks for JSON. On a path an original system's route shares with a page, it gets the
+    route's answer."""
+    if request.headers.get("Authorization") or request.args.get("admin_key"):
+        return True
+    if request.mimetype == "application/json" or (request.form and "admin_key" in request.form):
         return True
     return request.accept_mimetypes.best == "application/json"
+
+
+def _wants_json() -> bool:
+    """JSON under the API's own path prefixes (configurable routes included) or from a program."""
+    return under_api(request.path) or asks_for_api()
 
 
 def _respond(status: int, code: str, message: str, param: str | None = None) -> Response:

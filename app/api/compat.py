@@ -7,9 +7,9 @@ from __future__ import annotations
 from flask import jsonify
 
 from app import auth
-from app.api.params import flag, request_params, text
+from app.api.params import errors_as, flag, request_params, text
 from app.context import services
-from app.errors import AppError, BadRequest, error_headers
+from app.errors import BadRequest
 
 
 def original_answer(answer: dict) -> dict:
@@ -90,21 +90,16 @@ def add_user():
     ), 201
 
 
+@errors_as(lambda exc: {"error": exc.message})
 def ask():
     """acheong08's POST /api/ask {content, conversation_id?, parent_id?} with `Authorization: KEY` ->
     {id, response_id, conversation_id, content, error}; its errors are {"error": message} with the status.
     A follow-up always continues from its conversation's last message (parent_id is read, not needed)."""
     params = request_params()
-    try:
-        actor = auth.caller(params)
-        prompt = text(params, "content", required=True, max_len=services().chat.max_prompt_chars)
-        principal = auth.principal({}, actor=actor)
-        answer = services().chat.ask(principal, prompt, conversation_id=text(params, "conversation_id", max_len=64))
-    except AppError as exc:
-        response = jsonify({"error": exc.message})
-        response.status_code = exc.status
-        response.headers.update(error_headers(exc))
-        return response
+    actor = auth.caller(params)
+    prompt = text(params, "content", required=True, max_len=services().chat.max_prompt_chars)
+    principal = auth.principal({}, actor=actor)
+    answer = services().chat.ask(principal, prompt, conversation_id=text(params, "conversation_id", max_len=64))
     return jsonify(
         {
             "id": "",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 
-from flask import request
+from flask import jsonify, request
 
-from app.errors import BadRequest
+from app.errors import AppError, BadRequest, error_headers
 
 WHOLE = re.compile(r"-?[0-9]{1,18}")
 TOKEN = re.compile(r"[\x21-\x7e]+")
@@ -124,3 +126,23 @@ def number(params: dict, name: str, default: int, largest: int = 10**9) -> int:
     if abs(value) > largest:
         raise BadRequest(f"{name} must be at most {largest}", param=name)
     return value
+
+
+def errors_as(shape: Callable[[AppError], dict]):
+    """Answer a view's errors in an original system's own body (shape(exc)), with the right status and
+    headers (Retry-After, the rate-limit headers): each original's clients parse their own."""
+
+    def wrap(view):
+        @functools.wraps(view)
+        def run(*args, **kwargs):
+            try:
+                return view(*args, **kwargs)
+            except AppError as exc:
+                response = jsonify(shape(exc))
+                response.status_code = exc.status
+                response.headers.update(error_headers(exc))
+                return response
+
+        return run
+
+    return wrap

@@ -8,7 +8,7 @@ from app import auth
 from app.api.compat import original_answer
 from app.api.params import choice, flag, json_object, number, request_params, text, token
 from app.context import services
-from app.errors import BadRequest
+from app.errors import BadRequest, under_api
 from app.pool import PLUS_MODES
 from app.render import reply_only_response
 from app.sse import chat_stream
@@ -214,17 +214,28 @@ VIEWS = {
 
 def register(app: Flask, routes: dict) -> None:
     """Add every /api view at the path settings give it."""
-    from app.api import compat
+    from app.api import acheong, compat, gajosu, linweiyuan
 
-    for name, (view, methods) in {**VIEWS, **compat.VIEWS}.items():
-        app.add_url_rule(routes[name], endpoint=f"api.{name}", view_func=view, methods=methods)
-    # Errors under any API path's first segment are JSON, wherever settings moved the routes.
-    prefixes = {"/api", "/v1"} | {"/" + path.strip("/").split("/")[0] for path in routes.values()}
-    app.config["JSON_PREFIXES"] = tuple(sorted(prefixes))
+    views = {**VIEWS, **compat.VIEWS, **acheong.VIEWS, **linweiyuan.VIEWS, **gajosu.VIEWS}
+    page_paths = set(app.config["SETTINGS"]["pages"].values())
+    shared = {}  # path -> (view, methods): served from the page's own rule when a program asks (app/web/routes.py)
+    for name, (view, methods) in views.items():
+        path = routes[name]
+        if path in page_paths:  # only the SHARES_PAGE routes (app/config.py)
+            shared[path] = (view, methods)
+            methods = [m for m in methods if m != "GET"]
+            if not methods:
+                continue
+        app.add_url_rule(path, endpoint=f"api.{name}", view_func=view, methods=methods)
+    app.config["SHARED_API_VIEWS"] = shared
+    # Errors under a first path segment only routes use are JSON, wherever settings moved the routes.
+    firsts = {"/" + path.strip("/").split("/")[0] for path in routes.values()}
+    pages = {"/" + path.strip("/").split("/")[0] for path in page_paths}
+    app.config["JSON_PREFIXES"] = tuple(sorted({"/api", "/v1"} | (firsts - pages)))
 
     @app.after_request
     def _no_store(response):
         """API answers carry keys, replies and conversations: no cache on the way may keep one."""
-        if request.path.startswith(app.config["JSON_PREFIXES"]):
+        if under_api(request.path) or request.headers.get("Authorization"):
             response.headers.setdefault("Cache-Control", "no-store")
         return response

@@ -58,6 +58,9 @@ def check_id(value: str, param: str = "user_id") -> str:
     return value
 
 
+SHAPES = ("original", "gajosu")  # answer shapes a user or client may take by default (PATCH shape)
+
+
 class UserService:
     def __init__(
         self,
@@ -244,8 +247,12 @@ class UserService:
         if "limits" in changes:
             fields["limits"] = self.quota.check_grant(actor, changes["limits"]) or None
         if "shape" in changes:
-            if changes["shape"] not in (None, "original"):
-                raise BadRequest('shape must be "original" or null (this server\'s own)', param="shape")
+            if changes["shape"] not in (None, *SHAPES):
+                raise BadRequest(
+                    'shape must be "original" (the original server\'s), "gajosu" (gajosu/chat-gpt-rest-api\'s '
+                    "list of conversations) or null (this server's own)",
+                    param="shape",
+                )
             fields["shape"] = changes["shape"]
         if "role" in changes:
             if changes["role"] not in ROLES:

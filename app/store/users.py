@@ -24,7 +24,7 @@ class User:
     created_at: str
     # The limits set for this user alone ({key: number or None}); keys not here follow the role's defaults.
     limits: dict | None = field(default=None, hash=False)
-    shape: str | None = None  # "original": its /api answers come in the original server's shape by default
+    shape: str | None = None  # "original" or "gajosu": the answer shape its requests get by default
 
     def replace(self, **changes) -> User:
         return dataclasses.replace(self, **changes)

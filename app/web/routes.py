@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 from app import auth
 from app.context import services
-from app.errors import AppError
+from app.errors import AppError, asks_for_api
 from app.render import render_markdown
 from app.web import accounts, admin, audit, chat, usage
 from app.web.forms import ConfirmForm, LoginForm
@@ -49,6 +49,15 @@ def _log_in_from_url():
         return redirect(clean, 303)
     auth.offer_log_in(user)
     return redirect(url_for("web.login", next=clean), 303)
+
+
+def _api_on_shared_path():
+    """Where an original system's route shares a page's path (/conversations, /admin/users), a program
+    (an Authorization header, an admin_key, asking for JSON) gets the route's answer; a browser the page."""
+    view, methods = current_app.config["SHARED_API_VIEWS"].get(request.url_rule.rule, (None, ()))
+    if view is not None and request.method in methods and asks_for_api():
+        return view(**(request.view_args or {}))
+    return None
 
 
 def _check_csrf():
@@ -156,6 +165,7 @@ def register(app: Flask) -> None:
     bp = Blueprint("web", __name__)  # one per app: tests build many apps, each with its own paths
     for path, endpoint, view, methods in rules:
         bp.add_url_rule(path, endpoint=endpoint, view_func=view, methods=methods)
+    bp.before_request(_api_on_shared_path)
     bp.before_request(_log_in_from_url)
     bp.before_request(_check_csrf)
     bp.register_error_handler(CSRFError, _csrf_failed)
