@@ -75,6 +75,8 @@ PAGE_DEFAULTS = {
     "access_token": "/access-token",
 }
 
+DEFAULT_AUTH_BASE = "https://chatgpt.com"
+
 DEFAULTS = {
     "app_secret": "",
     "host": "127.0.0.1",
@@ -110,6 +112,7 @@ DEFAULTS = {
         "model": "auto",
         "plus_model": "gpt-4o",
         "proxy": None,
+        "auth_base": DEFAULT_AUTH_BASE,  # where /api/access-token trades a session token for an access token
     },
     # The pool's health rules (app/pool.py): how long an account rests after each kind of failure.
     "health": {
@@ -142,7 +145,6 @@ ACCOUNT_TYPES = {
     "demo": {"base_url": "", "model": "demo", "secrets": ()},
 }
 SECRET_KEYS = ("api_key", "access_token", "session_token")  # write-only: never shown, never logged
-DEFAULT_AUTH_BASE = "https://chatgpt.com"
 
 ACCOUNT_KEYS = {
     "name": str,
@@ -159,6 +161,7 @@ ACCOUNT_KEYS = {
     "enabled": bool,
     "max_concurrent": (int, type(None)),
     "rpm": (int, type(None)),
+    "responses": bool,
 }
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9 ._@+-]{0,127}")  # it goes in paths: /api/accounts/<name>
@@ -187,6 +190,7 @@ class Account:
     max_concurrent: int | None = None  # requests in flight at once, across every worker and instance
     rpm: int | None = None  # requests per minute, likewise
     models: tuple[str, ...] = ()  # the other models it serves besides `model`, its default
+    responses: bool = False  # openai: its upstream offers POST /responses, so /v1/responses goes there as it is
 
     def serves(self, name: str) -> bool:
         return name == self.model or name in self.models
@@ -291,6 +295,8 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
             raise ConfigError(f"{where}.{field}: not used by type {kind!r}")
     if kind == "chatgpt-web" and not (raw.get("access_token") or raw.get("session_token")):
         raise ConfigError(f"{where}.access_token: required for type 'chatgpt-web' (or a session_token)")
+    if raw.get("responses") and kind != "openai":
+        raise ConfigError(f"{where}.responses: only an 'openai' account's upstream can offer /responses")
     for limit in ("max_concurrent", "rpm"):
         value = raw.get(limit)
         if isinstance(value, bool) or (value is not None and not 1 <= value <= MAX_LIMIT):
@@ -317,6 +323,7 @@ def _check_account(index: int, raw, default_proxy: str | None) -> Account:
         max_concurrent=raw.get("max_concurrent"),
         rpm=raw.get("rpm"),
         models=_check_models(f"{where}.models", raw.get("models", [])),
+        responses=raw.get("responses", False),
     )
 
 
@@ -413,6 +420,9 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
     byo = settings["byo_account"]
     byo_proxy = default_proxy if byo["proxy"] is None else _resolve_secret("byo_account.proxy", byo["proxy"])
     byo["proxy"] = check_proxy("byo_account.proxy", byo_proxy)
+    if urlsplit(byo["auth_base"]).scheme not in ("http", "https") or not urlsplit(byo["auth_base"]).hostname:
+        raise ConfigError(f"byo_account.auth_base: must be an http(s) URL such as {DEFAULT_AUTH_BASE}")
+    byo["auth_base"] = byo["auth_base"].rstrip("/")
     accounts = [_check_account(i, a, default_proxy) for i, a in enumerate(settings["accounts"])]
     seen: set[str] = set()
     for account in accounts:

@@ -343,6 +343,24 @@ class Pool:
         served = dict.fromkeys(m for a in self.eligible("any", user_plus)[1] for m in a.all_models)
         return [*served, *(alias for alias, model in self.aliases.items() if model in served and alias not in served)]
 
+    def access_token_for(self, session_token: str) -> str:
+        """Trade a ChatGPT session token for a fresh access token at byo_account's auth_base, through its
+        proxy (the default proxy unless byo_account names one). Raises UpstreamError as a turn would."""
+        account = Account(
+            name="session",
+            type="chatgpt-web",
+            base_url=self.byo["base_url"].rstrip("/"),
+            model=self.byo["model"],
+            session_token=session_token,
+            auth_base=self.byo["auth_base"],
+            proxy=self.byo["proxy"],
+        )
+        upstream = build(account, self.timeouts, self.max_line_bytes)
+        try:
+            return upstream.fresh_access_token()
+        finally:
+            upstream.close()
+
     def own_token(self, access_token: str, user_plus: bool) -> Lease:
         """Build (or reuse) a chatgpt-web account for a caller's own access token."""
         digest = token_hash(access_token)

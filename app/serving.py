@@ -48,12 +48,14 @@ _PATTERNS = [
     # the parameters that carry keys, wherever they stand: user=KEY, api_key=KEY, "api_key": "KEY"
     (
         re.compile(
-            r"(?i)(?<![A-Za-z0-9_])(user|api_key|apikey|key|client|admin|access_token|token|password|secret)=[^\s&'\"]*"
+            r"(?i)(?<![A-Za-z0-9_])(user|api_key|apikey|key|client|admin|admin_key|access_token|session_token|token|password|secret)=[^\s&'\"]*"
         ),
         r"\1=" + REDACTED,
     ),
     (
-        re.compile(r"(?i)([\"'](?:api_key|apikey|access_token|token|password|secret)[\"']\s*:\s*)[\"'][^\"']*[\"']"),
+        re.compile(
+            r"(?i)([\"'](?:api_key|apikey|admin_key|access_token|session_token|token|password|secret)[\"']\s*:\s*)[\"'][^\"']*[\"']"
+        ),
         r"\1'" + REDACTED + "'",
     ),
     (re.compile(r"(?i)(authorization\s*:\s*)[^\r\n'\"]+"), r"\1" + REDACTED),

@@ -174,3 +174,69 @@ def test_responses_are_in_the_ledger(setup, admin, fake):
     assert totals["requests"] == 2 and totals["estimated"] == 0
     sent = [fake.usage(r["body"], "") for r in fake.chats()]
     assert totals["prompt_tokens"] == sum(u["prompt_tokens"] for u in sent)
+
+
+# -- an upstream that offers /responses itself ----------------------------------------------------
+
+
+@pytest.fixture
+def native(make_server, admin, fake):
+    """A server whose only account's upstream offers /responses (`responses: true`)."""
+    fake.offers_responses = True
+    server = make_server([{**openai_account(fake), "responses": True}])
+    key = server.create_user(admin, "nora")["api_key"]
+    return server, openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0), key
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_upstream_offering_responses_gets_the_request_as_it_is(native, fake, stream):
+    """The request goes to the upstream's /responses as sent (model mapped to the account's), nothing to
+    /chat/completions; the answer comes back as the upstream gave it (its id, its events in order); the
+    response is kept here, so previous_response_id works: the upstream gets the earlier turn spelled out as
+    input items (it keeps nothing), and the function call's output follows it."""
+    server, client, _key = native
+    if stream:
+        with client.responses.stream(model="gpt-4o-mini", input="Weather in Paris?", tools=TOOLS) as events:
+            kinds = [e.type for e in events]
+            first = events.get_final_response()
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+        assert "response.function_call_arguments.delta" in kinds
+    else:
+        first = client.responses.create(model="gpt-4o-mini", input="Weather in Paris?", tools=TOOLS)
+    assert fake.chats() == [] and len(fake.responses_requests()) == 1
+    sent = fake.responses_requests()[0]["body"]
+    assert sent["input"] == "Weather in Paris?" and sent["tools"] == TOOLS and sent["model"] == "gpt-4o-mini"
+    assert sent.get("stream", False) is stream
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather"
+    kept = client.responses.retrieve(first.id)
+    assert kept.id == first.id and kept.output[0].call_id == call.call_id
+    output = [{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}]
+    second = client.responses.create(model="gpt-4o-mini", input=output, previous_response_id=first.id, tools=TOOLS)
+    assert second.output_text == "tool result: sunny"
+    again = fake.responses_requests()[-1]["body"]
+    assert "previous_response_id" not in again
+    assert again["input"] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": "get_weather", "arguments": call.arguments},
+        *output,
+    ]
+    usage = server.get("/api/usage", _key, params={"group_by": "model"}).json()
+    assert usage["totals"]["requests"] == 2 and usage["totals"]["completion_tokens"] > 0, usage
+
+
+def test_an_account_without_responses_still_gets_chat_completions(setup, fake):
+    """Without `responses: true` the upstream's /responses is never tried, even if it offers one."""
+    _server, client, _key = setup
+    fake.offers_responses = True
+    assert client.responses.create(model="gpt-4o-mini", input="plain").output_text == "echo: plain"
+    assert fake.responses_requests() == [] and len(fake.chats()) == 1
+
+
+def test_responses_is_refused_on_account_types_other_than_openai(make_server, admin, fake):
+    """`responses: true` on a demo account is a settings error naming the field; through the API a 400."""
+    server = make_server([openai_account(fake)], from_file=True)
+    bad = server.post("/api/accounts", admin, json={"name": "d2", "type": "demo", "responses": True})
+    assert bad.status_code == 400 and "responses" in bad.json()["message"], bad.text
+    good = server.post("/api/accounts", admin, json={**openai_account(fake, name="oa-r"), "responses": True})
+    assert good.status_code == 201 and good.json()["responses"] is True, good.text

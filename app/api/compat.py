@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import jsonify
 
 from app import auth
-from app.api.params import errors_as, flag, request_params, text
+from app.api.params import errors_as, flag, request_params, text, token
 from app.context import services
 from app.errors import BadRequest
 
@@ -111,7 +111,34 @@ def ask():
     )
 
 
+MAX_SESSION_TOKEN = 16384  # a next-auth session cookie, even split in parts, is a few kilobytes
+
+
+def access_token_of(params: dict) -> str:
+    """The access token for params' session_token; 400 naming what is missing or gone (email and password)."""
+    session_token = token(params, "session_token", max_len=MAX_SESSION_TOKEN)
+    if session_token is None:
+        if params.get("email") or params.get("password"):
+            raise BadRequest(
+                "signing in with email and password is no longer possible (OpenAI closed that flow); send "
+                "session_token, the __Secure-next-auth.session-token cookie of a signed-in chatgpt.com",
+                param="session_token",
+            )
+        raise BadRequest("session_token is required (the chatgpt.com session cookie)", param="session_token")
+    return services().chat.access_token(session_token)
+
+
+@errors_as(lambda exc: {"Error": exc.message})
+def access_token():
+    """The original's /api/access-token: the key, then session_token -> {"Access Token": ...}; errors
+    {"Error": message} with the right status."""
+    params = request_params()
+    auth.caller(params)
+    return jsonify({"Access Token": access_token_of(params)})
+
+
 VIEWS = {
+    "access_token": (access_token, ["GET", "POST"]),
     "ask": (ask, ["POST"]),
     "recall": (recall, ["GET", "POST"]),
     "remove_conversation": (remove_conversation, ["GET", "POST"]),

@@ -64,6 +64,7 @@ class AccountReport:
             "proxy": {"scheme": proxy.scheme, "host": proxy.hostname, "port": proxy.port} if proxy else None,
             "max_concurrent": a.max_concurrent,
             "rpm": a.rpm,
+            "responses": a.responses,
             "secrets": self.secrets,
         }
 

@@ -143,6 +143,20 @@ class ChatService:
             raise
         return self._run(principal, plan, ticket, front)
 
+    def access_token(self, session_token: str) -> str:
+        """A fresh ChatGPT access token for a session token (the original's /api/access-token), fetched through
+        byo_account's proxy. A refused session token is the caller's to fix (400); the rest is the upstream's."""
+        try:
+            return self.pool.access_token_for(session_token)
+        except UpstreamError as exc:
+            if exc.fault != "credentials":
+                raise
+            raise BadRequest(
+                "the session endpoint did not accept this session token (it expired or was signed out): sign in "
+                "to ChatGPT again and copy the new __Secure-next-auth.session-token cookie",
+                param="session_token",
+            ) from None
+
     def embed(self, principal: Principal, body: dict, front: str = "v1") -> dict:
         """Answer a /v1/embeddings request from an account serving its model (openai type), as the upstream did."""
         done = None
@@ -151,14 +165,20 @@ class ChatService:
         return done.raw
 
     def complete_stream(
-        self, principal: Principal, body: dict, front: str = "v1", embedding: bool = False
+        self,
+        principal: Principal,
+        body: dict,
+        front: str = "v1",
+        embedding: bool = False,
+        responses_request: dict | None = None,
     ) -> tuple[Completion, Upstream, Iterator[Delta | Done]]:
         """Answer a stateless /v1 Chat Completions request: check it, pick an account serving its model that can
         do what it asks (app/services/completions.py), stream.
 
         An openai account gets the request as it is and its events carry the upstream's own chunks (Delta.raw,
         Done.raw); other types answer its messages folded into one prompt. Nothing is stored but the turn's line
-        in the usage ledger: the caller sends the whole history each time.
+        in the usage ledger: the caller sends the whole history each time. With responses_request (a
+        /v1/responses body), an openai account whose upstream offers /responses gets that instead.
         """
         if not principal.may_write:
             raise Forbidden("admins may read other users' conversations but not chat as them")
@@ -180,6 +200,7 @@ class ChatService:
             messages=completion.messages,
             request=upstream_body(completion, lease.serving),
             endpoint="embeddings" if embedding else "chat/completions",
+            responses_request=responses_request,
         )
 
         def replace_(tried: list[str]) -> Lease:

@@ -9,6 +9,7 @@ are not) and GET/DELETE /v1/responses/<id> find it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -49,10 +50,85 @@ class ResponseService:
             raise BadRequest("instructions must be a string", param="instructions")
         system = [{"role": "system", "content": instructions}] if instructions else []
         chat_body = chat_request(body, [*system, *history, *given])
-        completion, upstream, events = self.chat.complete_stream(principal, chat_body, front="v1-responses")
+        completion, upstream, events = self.chat.complete_stream(
+            principal, chat_body, front="v1-responses", responses_request=native_request(body, history)
+        )
         model = body.get("model") or upstream.account.model
         keep = None if body.get("store") is False else (principal.user.user_id, [*history, *given])
         return Run(self, body, model, events, keep)
+
+
+def native_request(body: dict, history: list[dict]) -> dict:
+    """The body an upstream offering /responses gets: the caller's, with the response it continues (kept
+    here, not there) spelled out as input items before its own."""
+    native = {k: v for k, v in body.items() if k != "previous_response_id"}
+    if history:
+        given = body["input"]
+        given = [{"role": "user", "content": given}] if isinstance(given, str) else list(given)
+        native["input"] = [*response_items(history), *given]
+    return native
+
+
+def response_items(messages: list[dict]) -> list[dict]:
+    """Chat Completions messages (a kept conversation) as Responses input items."""
+    items: list[dict] = []
+    for message in messages:
+        role, content = message.get("role"), message.get("content")
+        if role == "tool":
+            items.append({"type": "function_call_output", "call_id": message.get("tool_call_id"), "output": content})
+            continue
+        if isinstance(content, list):
+            content = [_item_part(part, role) for part in content]
+        if content:
+            items.append({"role": role, "content": content})
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            items.append(
+                {
+                    "type": "function_call",
+                    "call_id": call.get("id"),
+                    "name": function.get("name"),
+                    "arguments": function.get("arguments") or "{}",
+                }
+            )
+    return items
+
+
+def _item_part(part: dict, role: str) -> dict:
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": "output_text" if role == "assistant" else "input_text", "text": part.get("text", "")}
+    if kind == "image_url":
+        return {"type": "input_image", "image_url": (part.get("image_url") or {}).get("url")}
+    if kind == "file":
+        return {"type": "input_file", **(part.get("file") or {})}
+    return part
+
+
+def assistant_message(output) -> dict:
+    """A Responses output as the Chat Completions assistant message a follow-up sends back."""
+    text, calls = [], []
+    for item in output if isinstance(output, list) else ():
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            function = {"name": item.get("name"), "arguments": item.get("arguments") or "{}"}
+            calls.append({"id": item.get("call_id"), "type": "function", "function": function})
+        elif item.get("type") == "message":
+            parts = item.get("content")
+            text += [p.get("text", "") for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+    message = {"role": "assistant", "content": "".join(text) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _relayed(item) -> bool:
+    """Whether an event is an upstream's own Responses answer (an account offering /responses)."""
+    raw = item.raw if isinstance(item, Delta | Done) else None
+    if not isinstance(raw, dict):
+        return False
+    return raw.get("object") == "response" or str(raw.get("type", "")).startswith("response.")
 
 
 def input_messages(given) -> list[dict]:
@@ -156,6 +232,7 @@ class Run:
         self.outputs = 0
         self.usage: dict | None = None
         self.finish: str | None = None
+        self.relayed: dict | None = None  # an upstream's own response object, when it offers /responses
 
     # -- out -----------------------------------------------------------------------------
 
@@ -163,14 +240,18 @@ class Run:
         """The finished response object."""
         for _ in self.stream():
             pass
-        return self.response("completed")
+        return self.relayed if self.relayed is not None else self.response("completed")
 
     def stream(self) -> Iterator[dict]:
         """The Responses stream's events, response.created to response.completed."""
         try:
+            first = next(self.events, None)  # the account answers first: a refusal is an HTTP error, not an event
+            if first is not None and _relayed(first):
+                yield from self._relay(first)
+                return
             yield self._event("response.created", response=self.response("in_progress"))
             yield self._event("response.in_progress", response=self.response("in_progress"))
-            for item in self.events:
+            for item in itertools.chain([first] if first is not None else [], self.events):
                 if isinstance(item, Done):
                     yield from self._done(item)
                 elif isinstance(item, Delta):
@@ -183,6 +264,31 @@ class Run:
             yield self._event("response.completed", response=final)
         finally:
             self.events.close()
+
+    def _relay(self, first) -> Iterator[dict]:
+        """An upstream's own Responses events, passed on as they came; its final response is kept."""
+        final = None
+        for item in itertools.chain([first], self.events):
+            raw = item.raw
+            if isinstance(item, Done) or raw is None:
+                final = raw if isinstance(raw, dict) else final
+                continue
+            if raw.get("object") == "response":  # a whole answer: the response itself
+                final = raw
+                if self.body.get("stream"):  # asked for a stream, answered whole: its one event
+                    yield {"type": "response.completed", "sequence_number": 0, "response": raw}
+                continue
+            if raw.get("type") in ("response.completed", "response.incomplete", "response.failed"):
+                final = raw.get("response") if isinstance(raw.get("response"), dict) else final
+            yield raw
+        if final is None:
+            return
+        if not (isinstance(final.get("id"), str) and 0 < len(final["id"]) <= 64):
+            final = {**final, "id": self.id}
+        self.relayed = final
+        if self.keep is not None:
+            owner, messages = self.keep
+            self.service.stored.keep(owner, final, [*messages, assistant_message(final.get("output"))])
 
     def response(self, status: str) -> dict:
         body = self.body

@@ -36,6 +36,9 @@ class Turn:
     # relay it (openai): sent as it is but for the model, and answered with the upstream's own chunks.
     request: dict | None = None
     endpoint: str = "chat/completions"  # where a relayed request goes (embeddings: "embeddings")
+    # A /v1/responses caller's body (previous_response_id expanded into input), for an openai account whose
+    # upstream offers /responses: sent there as it is and answered with its own events. Others use `request`.
+    responses_request: dict | None = None
 
 
 @dataclass(frozen=True)

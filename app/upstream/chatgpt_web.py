@@ -86,6 +86,12 @@ class ChatGPTWebUpstream(Upstream):
                 raise
             self._refused = None
 
+    def fresh_access_token(self) -> str:
+        """A new access token from the session token (the original server's /api/access-token)."""
+        with self._refreshing:
+            self._renew()
+            return self._token
+
     def _renew(self) -> None:
         """Ask the session endpoint for an access token (the caller holds the lock)."""
         data = self.http.get_json(

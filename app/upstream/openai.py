@@ -42,6 +42,9 @@ class OpenAIUpstream(Upstream):
     capabilities = CAPABILITIES  # the caller's request goes as it is: tools, schemas, n, parts, logprobs
 
     def stream(self, turn: Turn) -> Iterator[Delta | Done]:
+        if turn.responses_request is not None and self.account.responses:
+            yield from self._responses(turn)
+            return
         if turn.request is not None:
             yield from self._relay(turn)
             return
@@ -123,6 +126,44 @@ class OpenAIUpstream(Upstream):
             raise UpstreamError(f"account {self.account.name!r}: the upstream ended without a reply")
         yield Done(model=turn.model, usage=usage, finish_reason=finish or "stop")
 
+    def _responses(self, turn: Turn) -> Iterator[Delta | Done]:
+        """A /v1/responses request as it is (with this account's model) to an upstream that offers /responses:
+        its typed events passed on as they came (Delta.raw), or its response object (Done.raw)."""
+        payload = {**turn.responses_request, "model": turn.model}
+        response = self.http.post(f"{self.account.base_url}/responses", payload, self._headers())
+        if not payload.get("stream") or "text/event-stream" not in response.headers.get("Content-Type", ""):
+            body = self._parse(self.http.body(response, self.http.max_line_bytes).decode("utf-8", "replace"))
+            yield Delta(_output_text(body.get("output")), raw=body)
+            yield Done(
+                model=as_id(body.get("model")) or turn.model,
+                upstream_message_id=as_id(body.get("id")),
+                usage=_chat_usage(body.get("usage")),
+                finish_reason="length" if body.get("status") == "incomplete" else "stop",
+                raw=body,
+            )
+            return
+        final, events = None, 0
+        try:
+            for data in self.http.sse_data(response):
+                event = self._parse(data)
+                events += 1
+                if event.get("type") in ("response.completed", "response.incomplete", "response.failed"):
+                    final = as_dict(event.get("response"))
+                delta = event.get("delta") if str(event.get("type", "")).endswith(".delta") else None
+                yield Delta(delta if isinstance(delta, str) else "", raw=event)
+        except StreamCut:  # a Responses stream ends after its last event, without [DONE]
+            if final is None:
+                raise
+        if not events or final is None:
+            raise UpstreamError(f"account {self.account.name!r}: the upstream ended the response before finishing it")
+        yield Done(
+            model=as_id(final.get("model")) or turn.model,
+            upstream_message_id=as_id(final.get("id")),
+            usage=_chat_usage(final.get("usage")),
+            finish_reason="length" if final.get("status") == "incomplete" else "stop",
+            raw=final,
+        )
+
     def _parse(self, data: str) -> dict:
         try:
             chunk = json.loads(data)
@@ -151,6 +192,29 @@ class OpenAIUpstream(Upstream):
             usage=as_dict(body.get("usage")) or None,
             finish_reason=as_str(choice.get("finish_reason")) or "stop",
         )
+
+
+def _output_text(output) -> str:
+    """What a Responses output says (its text and its function calls' arguments), for counting."""
+    said = []
+    for item in output if isinstance(output, list) else ():
+        item = as_dict(item)
+        said.append((as_str(item.get("name")) or "") + (as_str(item.get("arguments")) or ""))
+        content = item.get("content")
+        for part in content if isinstance(content, list) else ():
+            said.append(as_str(as_dict(part).get("text")) or "")
+    return "".join(said)
+
+
+def _chat_usage(usage) -> dict | None:
+    """A Responses usage (input/output tokens) in Chat Completions' words, as the ledger counts."""
+    usage = as_dict(usage)
+    if not usage:
+        return None
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _first_finish(choices, found: str | None = None) -> str | None:

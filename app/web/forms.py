@@ -51,6 +51,10 @@ class RenameForm(FlaskForm):
     title = StringField("Title", validators=[InputRequired("Type a title.")])
 
 
+class AccessTokenForm(FlaskForm):
+    session_token = PasswordField("Session token", validators=[InputRequired("Paste the session token first.")])
+
+
 class ConfirmForm(FlaskForm):
     """A form whose only field is its CSRF token: delete, delete all, rotate, log out."""
 

@@ -16,7 +16,7 @@ from app import auth
 from app.context import services
 from app.errors import AppError, asks_for_api
 from app.render import render_markdown
-from app.web import accounts, admin, audit, chat, usage
+from app.web import access_token, accounts, admin, audit, chat, usage
 from app.web.forms import ConfirmForm, LoginForm
 from app.web.helpers import key_problem, safe_next
 
@@ -161,6 +161,7 @@ def register(app: Flask) -> None:
         (pages["admin_accounts"] + "/<name>/delete", "delete_account", accounts.delete, ["GET", "POST"]),
         (pages["admin_usage"], "usage", usage.usage, ["GET"]),
         (pages["admin_audit"], "audit", audit.audit, ["GET"]),
+        (pages["access_token"], "access_token", access_token.access_token, ["GET", "POST"]),
     ]
     bp = Blueprint("web", __name__)  # one per app: tests build many apps, each with its own paths
     for path, endpoint, view, methods in rules:

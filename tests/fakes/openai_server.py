@@ -19,6 +19,7 @@ from ._http import FakeHandler, FakeUpstream
 
 FINGERPRINT = "fp_fake"
 EMBEDDINGS_PATH = "/v1/embeddings"
+RESPONSES_PATH = "/v1/responses"
 MAX_DEPTH = 6  # past this nesting the schema sampler stops recursing (empty arrays, null options)
 _FORMAT_SAMPLES = {
     "date-time": "2024-01-01T00:00:00Z",
@@ -156,6 +157,43 @@ def sample_from_schema(schema, root: dict | None = None, depth: int = 0):
     return "x"
 
 
+def responses_as_chat(body: dict) -> dict:
+    """A Responses request read as the Chat Completions request that asks the same (for the fake's answers)."""
+    given = body["input"]
+    messages = [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+    for item in [{"role": "user", "content": given}] if isinstance(given, str) else given:
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "message":
+            content = item.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            messages.append({"role": item.get("role"), "content": content})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+            }
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": item.get("output")})
+    chat = {"messages": messages, "model": body.get("model")}
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+    if tools:
+        chat["tools"] = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}} for t in tools]
+    if isinstance(body.get("tool_choice"), str):
+        chat["tool_choice"] = body["tool_choice"]
+    form = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    if isinstance(form, dict) and form.get("type") == "json_schema":
+        chat["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": form.get("name"), "schema": form.get("schema")},
+        }
+    if body.get("max_output_tokens") is not None:
+        chat["max_tokens"] = body["max_output_tokens"]
+    return chat
+
+
 # -- the handler -----------------------------------------------------------------------------------
 
 
@@ -164,6 +202,8 @@ class _OpenAIHandler(FakeHandler):
         fake: FakeOpenAI = self.owner
         _, body = self.read_and_record()
         routes = {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("POST", EMBEDDINGS_PATH)}
+        if fake.offers_responses:
+            routes.add(("POST", RESPONSES_PATH))
         if (self.command, self.route) not in routes:
             self.send_error_json(404, f"Unknown request URL: {self.command} {self.route}")
             return
@@ -182,6 +222,9 @@ class _OpenAIHandler(FakeHandler):
             return
         if self.route == EMBEDDINGS_PATH:
             self.answer_embeddings(body)
+            return
+        if self.route == RESPONSES_PATH:
+            self.answer_responses(body)
             return
         rejection = fake.take_rejection()
         if rejection is not None:
@@ -212,6 +255,108 @@ class _OpenAIHandler(FakeHandler):
         """Answer OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
         error = {"message": message, "type": kind, "param": param, "code": code}
         self.send_json(status, {"error": error}, headers)
+
+    def answer_responses(self, body) -> None:
+        """The Responses API: the request read as Chat Completions (the same replies, tool calls and schemas),
+        answered as a response object or as its typed events (no [DONE], as OpenAI's)."""
+        fake: FakeOpenAI = self.owner
+        if not isinstance(body, dict) or not isinstance(body.get("input"), str | list):
+            self.send_error_json(400, "Missing required parameter: 'input'.", param="input")
+            return
+        if "previous_response_id" in body:  # nothing is kept here: a caller must send the whole input
+            self.send_error_json(400, f"Previous response with id '{body['previous_response_id']}' not found.")
+            return
+        chat = responses_as_chat(body)
+        try:
+            [choice] = fake.choices_for(chat)
+        except FakeRequestError as exc:
+            self.send_error_json(exc.status, exc.message, code=exc.code, param=exc.param)
+            return
+        rid, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), body.get("model") or "fake-model"
+        output = []
+        if choice["content"] is not None:
+            text = [{"type": "output_text", "text": choice["content"], "annotations": []}]
+            output.append(
+                {
+                    "type": "message",
+                    "id": f"msg_{uuid.uuid4().hex[:24]}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": text,
+                }
+            )
+        for call in choice["tool_calls"] or ():
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_{uuid.uuid4().hex[:24]}",
+                    "call_id": call["id"],
+                    "name": call["function"]["name"],
+                    "arguments": call["function"]["arguments"],
+                    "status": "completed",
+                }
+            )
+        usage = fake.usage(chat, [fake.counted_text(choice)])
+        response = {
+            "id": rid,
+            "object": "response",
+            "created_at": created,
+            "model": model,
+            "output": output,
+            "status": "incomplete" if choice["finish_reason"] == "length" else "completed",
+            "usage": {
+                "input_tokens": usage["prompt_tokens"],
+                "output_tokens": usage["completion_tokens"],
+                "total_tokens": usage["total_tokens"],
+            },
+            "instructions": body.get("instructions"),
+            "tools": body.get("tools") or [],
+        }
+        if not body.get("stream"):
+            self.send_json(200, response)
+            return
+        number = iter(range(10_000))
+
+        def send(kind: str, **fields) -> None:
+            self.send_event({"type": kind, "sequence_number": next(number), **fields}, kind)
+
+        self.begin_stream()
+        send("response.created", response={**response, "status": "in_progress", "output": [], "usage": None})
+        for index, item in enumerate(output):
+            send("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
+            if item["type"] == "message":
+                for piece in fake.pieces(item["content"][0]["text"]):
+                    send(
+                        "response.output_text.delta",
+                        item_id=item["id"],
+                        output_index=index,
+                        content_index=0,
+                        delta=piece,
+                    )
+                send(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=item["content"][0]["text"],
+                )
+            else:
+                send(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=item["arguments"],
+                )
+                send(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    arguments=item["arguments"],
+                )
+            send("response.output_item.done", output_index=index, item=item)
+        self.chat_done()
+        send("response.completed", response=response)
+        self.end_stream()
 
     def answer_embeddings(self, body) -> None:
         fake: FakeOpenAI = self.owner
@@ -319,6 +464,7 @@ class FakeOpenAI(FakeUpstream):
         self.models: list[str] = ["fake-model"]
         self.embedding_dimensions = 8
         self._rejections: list[dict] = []
+        self.offers_responses = False  # answer POST /v1/responses too (else 404, as most compatible servers)
 
     # -- failures ----------------------------------------------------------------------------------
 
@@ -360,6 +506,10 @@ class FakeOpenAI(FakeUpstream):
             self._rejections = []
 
     # -- recorded requests ------------------------------------------------------------------------
+
+    def responses_requests(self, since: int = 0) -> list[dict]:
+        """Return the recorded /v1/responses requests (offers_responses must be set for them to be answered)."""
+        return self.requests_to(RESPONSES_PATH)[since:]
 
     def chats(self, since: int = 0) -> list[dict]:
         """Return the recorded chat-completion requests (method, path, query, headers, body)."""
