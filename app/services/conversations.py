@@ -10,6 +10,7 @@ from app.store.conversations import Conversation, Message, SqlConversationStore
 
 MAX_LIST = 100
 MAX_TITLE = 200
+RATINGS = ("thumbsUp", "thumbsDown")  # go-chatgpt-api's message_feedback, as the web backend names them
 
 
 def iso(ts: float | None) -> str | None:
@@ -28,7 +29,7 @@ def conversation_summary(conv: Conversation) -> dict:
     }
 
 
-def message_view(message: Message) -> dict:
+def message_view(message: Message, rating: str | None = None) -> dict:
     return {
         "message_id": message.message_id,
         "parent_id": message.parent_id,
@@ -37,6 +38,7 @@ def message_view(message: Message) -> dict:
         "model": message.model,
         "complete": message.complete,
         "created_at": iso(message.created_at),
+        "rating": rating,
     }
 
 
@@ -84,8 +86,32 @@ class ConversationService:
         conv = self.readable(principal, conversation_id)
         view = conversation_summary(conv)
         view["user_id"] = conv.owner_id
-        view["messages"] = [message_view(m) for m in self.store.messages(conversation_id)]
+        ratings = self.store.ratings(conversation_id)
+        view["messages"] = [message_view(m, ratings.get(m.message_id)) for m in self.store.messages(conversation_id)]
         return view
+
+    def records(self, principal: Principal, conversation_id: str) -> tuple[Conversation, list[Message], dict]:
+        """A conversation the principal may read as stored: its record, its messages oldest first and their
+        ratings ({message_id: rating}), for fronts that shape it their own way (epoch times, a message tree)."""
+        conv = self.readable(principal, conversation_id)
+        return conv, self.store.messages(conversation_id), self.store.ratings(conversation_id)
+
+    def rate(self, principal: Principal, conversation_id: str, message_id: str | None, rating: str | None) -> dict:
+        """Keep the caller's rating (thumbsUp or thumbsDown) of one reply of a conversation it may change;
+        NotFound for another's conversation or a message not in it."""
+        if rating not in RATINGS:
+            raise BadRequest(f"rating must be one of {', '.join(RATINGS)}", param="rating")
+        if not message_id:
+            raise BadRequest("message_id is required", param="message_id")
+        conv = self.writable(principal, conversation_id)
+        self.store.rate(conv.conversation_id, message_id, rating)
+        return {
+            "status": "success",
+            "message_id": message_id,
+            "conversation_id": conv.conversation_id,
+            "user_id": conv.owner_id,
+            "rating": rating,
+        }
 
     def rename(self, principal: Principal, conversation_id: str, title: str | None) -> dict:
         title = " ".join((title or "").split())

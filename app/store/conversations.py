@@ -105,6 +105,22 @@ retired_users = Table(
     Column("retired_at", Float, nullable=False),
 )
 
+# A rating of one reply (go-chatgpt-api's message_feedback): thumbsUp or thumbsDown, the latest one kept.
+# Its rows go with their conversation (delete, retire_users) and, where foreign keys are on, with their message.
+message_feedback = Table(
+    "message_feedback",
+    metadata,
+    Column(
+        "message_id",
+        String(64),
+        ForeignKey("messages.message_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("conversation_id", String(64), nullable=False, index=True),
+    Column("rating", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 
 @dataclass
 class Conversation:
@@ -343,6 +359,7 @@ class SqlConversationStore:
         if not conversation_ids:
             return 0
         with self._write() as db:
+            db.execute(message_feedback.delete().where(message_feedback.c.conversation_id.in_(conversation_ids)))
             db.execute(messages.delete().where(messages.c.conversation_id.in_(conversation_ids)))
             result = db.execute(conversations.delete().where(conversations.c.conversation_id.in_(conversation_ids)))
         return result.rowcount
@@ -407,6 +424,38 @@ class SqlConversationStore:
         with self.engine.connect() as db:
             return [Message(**row) for row in db.execute(query).mappings()]
 
+    # -- ratings ---------------------------------------------------------------------------
+
+    def rate(self, conversation_id: str, message_id: str, rating: str) -> None:
+        """Keep a rating of one message of the conversation (replacing an earlier one); NotFound if the message
+        is not (or no longer) the conversation's, checked in the transaction that writes."""
+        missing = NotFound(f"no message {message_id!r} in conversation {conversation_id!r}", param="message_id")
+        try:
+            with self._write() as db:
+                found = db.execute(
+                    select(messages.c.message_id).where(
+                        messages.c.message_id == message_id, messages.c.conversation_id == conversation_id
+                    )
+                ).first()
+                if found is None:
+                    raise missing
+                db.execute(delete(message_feedback).where(message_feedback.c.message_id == message_id))
+                db.execute(
+                    insert(message_feedback).values(
+                        message_id=message_id, conversation_id=conversation_id, rating=rating, created_at=time.time()
+                    )
+                )
+        except IntegrityError:  # the message went meanwhile (a database whose writers do not queue, as SQLite's do)
+            raise missing from None
+
+    def ratings(self, conversation_id: str) -> dict[str, str]:
+        """The ratings of a conversation's messages: {message_id: rating}."""
+        query = select(message_feedback.c.message_id, message_feedback.c.rating).where(
+            message_feedback.c.conversation_id == conversation_id
+        )
+        with self.engine.connect() as db:
+            return {row.message_id: row.rating for row in db.execute(query)}
+
     # -- one turn at a time -----------------------------------------------------------------
 
     def claim_turn(self, conversation_id: str, holder: str, seconds: float, last_id: str | None) -> None:
@@ -466,6 +515,7 @@ class SqlConversationStore:
         user_ids = list(dict.fromkeys(user_ids))
         with self._write() as db:  # only writes: SQLite holds its write lock from the first statement
             owned = select(conversations.c.conversation_id).where(conversations.c.owner_id.in_(user_ids))
+            db.execute(message_feedback.delete().where(message_feedback.c.conversation_id.in_(owned)))
             db.execute(messages.delete().where(messages.c.conversation_id.in_(owned)))
             removed = db.execute(conversations.delete().where(conversations.c.owner_id.in_(user_ids))).rowcount
             db.execute(delete(retired_users).where(retired_users.c.user_id.in_(user_ids)))
