@@ -80,8 +80,8 @@ def stored(server, user: dict, conversation_id: str) -> dict:
 
 
 def test_a_new_conversation_streams_the_cumulative_text_then_done(server, user):
-    """Each event holds the whole text so far, in_progress until the last, which is finished_successfully
-    with the stored message id and conversation id; then `data: [DONE]`."""
+    """Each event holds the whole text so far, in_progress until the last, which is finished_successfully;
+    every event has the stored message id and conversation id; then `data: [DONE]`."""
     events, final = ask(server, user["api_key"], "Hello there")
     progress = events[:-2]
     assert len(progress) >= 3 and all(e["message"]["status"] == "in_progress" for e in progress)
@@ -98,6 +98,10 @@ def test_a_new_conversation_streams_the_cumulative_text_then_done(server, user):
     [turn] = conv["messages"]
     assert turn["message_id"] == message["id"] and turn["prompt"] == "Hello there"
     assert message["content"]["parts"] == [turn["reply"]] and "You said: Hello there" in turn["reply"]
+    # every event, from the first, says the ids the turn is stored under
+    assert {(e["message"]["id"], e["conversation_id"]) for e in events[:-1]} == {
+        (turn["message_id"], conv["conversation_id"])
+    }
 
 
 def test_a_follow_up_continues_the_conversation(server, user):

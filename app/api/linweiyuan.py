@@ -210,9 +210,12 @@ def ask():
     model = text(params, "model", max_len=128)
     if model and model not in services().chat.models(principal):
         model = None  # the web backend's names (text-davinci-002-render-sha ...): the default model instead
-    turn = services().chat.ask_stream(principal, prompt, conversation_id=conversation_id, model=model, front=FRONT)
+    message_id, new_id = str(uuid.uuid4()), str(uuid.uuid4())  # the turn is stored under these
+    turn = services().chat.ask_stream(
+        principal, prompt, conversation_id=conversation_id, model=model, front=FRONT, ids=(message_id, new_id)
+    )
     # The turn's first piece comes before the answer does: an upstream failing first is a JSON error.
-    return sse_response(backend_events(opened(turn), conversation_id, model))
+    return sse_response(backend_events(opened(turn), message_id, conversation_id or new_id, model))
 
 
 def _prompt(params: dict) -> str:
@@ -253,18 +256,17 @@ def _prompt(params: dict) -> str:
     return prompt
 
 
-def backend_events(events: opened, conversation_id: str | None, model: str | None) -> Iterator[str]:
+def backend_events(events: opened, message_id: str, conversation_id: str, model: str | None) -> Iterator[str]:
     """A turn's events as the web backend's: the assistant message with the cumulative text, then [DONE].
 
-    While the reply comes its id is provisional (our message id is made when the turn is stored) and a
-    new conversation's id is null; the last event carries both as stored. A failure after the stream
-    began is a last event with "error" set (and the text so far), then [DONE]."""
-    provisional = str(uuid.uuid4())
+    Every event carries the ids the turn is stored under (the message's, the conversation's); the last one
+    has the whole reply and the model that answered. A failure after the stream began is a last event with
+    "error" set (and the text so far), then [DONE]."""
     pieces: list[str] = []
     size, sent, sent_at = 0, 0, 0.0  # the text's length now and at the last event, and when that went
 
     def progress(status: str = "in_progress", finish: str | None = None, error: str | None = None) -> str:
-        message = backend_message(provisional, "".join(pieces), status, model, finish)
+        message = backend_message(message_id, "".join(pieces), status, model, finish)
         return event({"message": message, "conversation_id": conversation_id, "error": error})
 
     try:

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvailable, UpstreamError, UpstreamTimeout
@@ -75,6 +75,9 @@ class Plan:
     # Another account for this turn if its own fails before the first byte (None: it has nowhere else to go).
     replace: Callable[[list[str]], Lease] | None = None
     account_changed: bool = False  # a follow-up moved off the account its conversation was pinned to
+    # The ids the turn is stored under (a new conversation's too), known before it runs so a stream can say them.
+    message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    new_conversation_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def upstream(self) -> Upstream:
@@ -126,15 +129,19 @@ class ChatService:
         user_plus: bool = False,
         front: str = "api",
         model: str | None = None,
+        ids: tuple[str, str] | None = None,
     ) -> Iterator[Delta | dict]:
         """Check everything, then return a generator of Delta events ending with the answer JSON.
 
         model: for a new conversation, among the accounts serving it (an alias names the model it stands for);
-        a follow-up stays on its conversation's account, which must serve it.
+        a follow-up stays on its conversation's account, which must serve it. ids: (message id, a new
+        conversation's id) for the turn, chosen by a front that shows them while the reply comes.
         """
         admit, plan = self._admission(principal), None
         try:
             plan = self._plan(principal, prompt, conversation_id, plus, access_token, user_plus, admit, model)
+            if ids is not None:
+                plan.message_id, plan.new_conversation_id = ids
             ticket = self._admitted(admit)
         except BaseException as exc:
             if plan is not None:
@@ -506,8 +513,8 @@ class ChatService:
         finished = time.time()
         account = plan.upstream.account
         message = Message(
-            message_id=str(uuid.uuid4()),
-            conversation_id=plan.conversation.conversation_id if plan.conversation else str(uuid.uuid4()),
+            message_id=plan.message_id,
+            conversation_id=plan.conversation.conversation_id if plan.conversation else plan.new_conversation_id,
             parent_id=plan.last.message_id if plan.last else None,
             prompt=plan.turn.prompt,
             reply=reply,
