@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 from fakes import FakeChatGPTWeb, FakeOpenAI
+from openai import OpenAI
 from werkzeug import serving
 
 from app import create_app
@@ -146,6 +147,20 @@ def openai_fake():
     """A running fake OpenAI-compatible upstream (tests/fakes), stopped after the test."""
     with FakeOpenAI() as fake:
         yield fake
+
+
+@pytest.fixture
+def sdk():
+    """Return client(server, key): an official openai client for the server's /v1, closed after the test."""
+    clients: list[OpenAI] = []
+
+    def client(server, key: str) -> OpenAI:
+        clients.append(OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=10))
+        return clients[-1]
+
+    yield client
+    for made in clients:
+        made.close()
 
 
 @pytest.fixture

@@ -50,20 +50,6 @@ def upstream(request):
         yield fake, account
 
 
-@pytest.fixture
-def sdk():
-    """Return client(server, key): an official openai client for the server's /v1, closed after the test."""
-    clients: list[OpenAI] = []
-
-    def client(server, key: str) -> OpenAI:
-        clients.append(OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=10))
-        return clients[-1]
-
-    yield client
-    for made in clients:
-        made.close()
-
-
 def open_stream(server, key: str | None, method: str = "POST", path: str = "/api/chat", **kwargs):
     """Send a request whose answer is read as it comes (requests, stream=True)."""
     kwargs.setdefault("timeout", 10)

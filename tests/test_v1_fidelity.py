@@ -22,7 +22,6 @@ import pytest
 import requests
 from fakes import FakeOpenAI
 from fakes.openai_server import sample_from_schema
-from openai import OpenAI
 from pydantic import BaseModel
 from upstream_fixtures import openai_account, start_with_user
 
@@ -79,20 +78,6 @@ class GetWeather(BaseModel):
 def fake():
     with FakeOpenAI() as upstream:
         yield upstream
-
-
-@pytest.fixture
-def sdk():
-    """Return client(server, key): an official openai client for the server's /v1, closed after the test."""
-    clients: list[OpenAI] = []
-
-    def client(server, key: str) -> OpenAI:
-        clients.append(OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=10))
-        return clients[-1]
-
-    yield client
-    for made in clients:
-        made.close()
 
 
 @pytest.fixture

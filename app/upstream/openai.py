@@ -134,13 +134,7 @@ class OpenAIUpstream(Upstream):
         if not payload.get("stream") or "text/event-stream" not in response.headers.get("Content-Type", ""):
             body = self._parse(self.http.body(response, self.http.max_line_bytes).decode("utf-8", "replace"))
             yield Delta(_output_text(body.get("output")), raw=body)
-            yield Done(
-                model=as_id(body.get("model")) or turn.model,
-                upstream_message_id=as_id(body.get("id")),
-                usage=_chat_usage(body.get("usage")),
-                finish_reason="length" if body.get("status") == "incomplete" else "stop",
-                raw=body,
-            )
+            yield _response_done(body, turn.model)
             return
         final, events = None, 0
         try:
@@ -156,13 +150,7 @@ class OpenAIUpstream(Upstream):
                 raise
         if not events or final is None:
             raise UpstreamError(f"account {self.account.name!r}: the upstream ended the response before finishing it")
-        yield Done(
-            model=as_id(final.get("model")) or turn.model,
-            upstream_message_id=as_id(final.get("id")),
-            usage=_chat_usage(final.get("usage")),
-            finish_reason="length" if final.get("status") == "incomplete" else "stop",
-            raw=final,
-        )
+        yield _response_done(final, turn.model)
 
     def _parse(self, data: str) -> dict:
         try:
@@ -204,6 +192,17 @@ def _output_text(output) -> str:
         for part in content if isinstance(content, list) else ():
             said.append(as_str(as_dict(part).get("text")) or "")
     return "".join(said)
+
+
+def _response_done(response: dict, model: str) -> Done:
+    """The end of a Responses answer: its response object, with its usage in the ledger's words."""
+    return Done(
+        model=as_id(response.get("model")) or model,
+        upstream_message_id=as_id(response.get("id")),
+        usage=_chat_usage(response.get("usage")),
+        finish_reason="length" if response.get("status") == "incomplete" else "stop",
+        raw=response,
+    )
 
 
 def _chat_usage(usage) -> dict | None:
