@@ -45,6 +45,8 @@ FIELDS = {
     "proxy",
     "max_concurrent",
     "rpm",
+    "models",
+    "responses",
     "secrets",
 }
 

@@ -52,6 +52,7 @@ class AccountReport:
             "type": a.type,
             "plus": a.plus,
             "model": a.model,
+            "models": list(a.models),
             "base_url": a.base_url,
             "enabled": a.enabled,
             "state": self.state,
