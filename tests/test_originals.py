@@ -174,6 +174,7 @@ def test_access_token_errors_in_the_originals_shape(session_server, user_for):
     web.session_fail_status = 500
     down = post({"user": key, "session_token": "good-session-token"})
     assert down.status_code == 502 and set(down.json()) == {"Error"}, down.text
+    assert down.json()["Error"].startswith(f"the ChatGPT session endpoint ({web.base_url})"), down.text
 
 
 def test_access_token_page(session_server, user_for):

@@ -155,8 +155,10 @@ class ChatService:
         byo_account's proxy. A refused session token is the caller's to fix (400); the rest is the upstream's."""
         try:
             return self.pool.access_token_for(session_token)
-        except UpstreamError as exc:
-            if exc.fault != "credentials":
+        except (UpstreamError, UpstreamTimeout) as exc:
+            if getattr(exc, "fault", None) != "credentials":  # say whose trouble it is, not an account's
+                where = f"the ChatGPT session endpoint ({self.pool.byo['auth_base']})"
+                exc.message = exc.message.replace("account 'session'", where, 1)
                 raise
             raise BadRequest(
                 "the session endpoint did not accept this session token (it expired or was signed out): sign in "
