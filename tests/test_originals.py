@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 from fakes import Socks5Server
+from sqlalchemy import text as sql
 
 ASK = "/api/ask"
 
@@ -32,6 +33,10 @@ def test_ask_with_a_bare_key_starts_and_continues_a_conversation(server, user):
     stored = server.get(f"/api/conversations/{body['conversation_id']}", user["api_key"]).json()
     assert [m["prompt"] for m in stored["messages"]] == ["Hello there", "And again"]
     assert stored["messages"][1]["message_id"] == again.json()["response_id"]
+    server.services.usage.usage.flush()
+    with server.services.store.engine.connect() as db:
+        query = sql("SELECT front FROM usage_ledger WHERE user_id = :u")
+        assert [row[0] for row in db.execute(query, {"u": user["user_id"]})] == ["acheong08", "acheong08"]
 
 
 def test_ask_errors_come_in_its_own_shape(server, user):

@@ -99,7 +99,8 @@ def ask():
     actor = auth.caller(params)
     prompt = text(params, "content", required=True, max_len=services().chat.max_prompt_chars)
     principal = auth.principal({}, actor=actor)
-    answer = services().chat.ask(principal, prompt, conversation_id=text(params, "conversation_id", max_len=64))
+    conversation_id = text(params, "conversation_id", max_len=64)
+    answer = services().chat.ask(principal, prompt, conversation_id=conversation_id, front="acheong08")
     return jsonify(
         {
             "id": "",
