@@ -34,7 +34,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from app.cooperative import later
 from app.errors import Busy, Conflict, NotFound, Unauthorized
@@ -82,7 +82,7 @@ messages = Table(
 pool_cursors = Table(
     "pool_cursors",
     metadata,
-    Column("name", String(32), primary_key=True),
+    Column("name", String(160), primary_key=True),  # model cursors ("model:<model>:<plus>") are long
     Column("value", Integer, nullable=False),
 )
 
@@ -175,10 +175,34 @@ def _locked(exc: OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+# PostgreSQL: every write transaction first takes this transaction-level advisory lock, so writes on one
+# database run one at a time, across workers and instances, as SQLite's write lock makes them run: the
+# checks that read before they write (a turn's parent, the pool's cursor, health and room, the limits'
+# counts, an alert's claim) see every earlier write and none that comes later.
+PG_WRITE_LOCK = 0x636173  # "cas"
+# What a contended PostgreSQL write ends with: serialization_failure, deadlock_detected, lock_not_available
+# (lock_timeout: WRITE_WAIT passed) and a connection that went. Each is a 503 busy, never a 500.
+PG_CONTENDED = frozenset({"40001", "40P01", "55P03"})
+
+
+def _pg_serialise(db) -> None:
+    """Inside a new PostgreSQL transaction: wait up to WRITE_WAIT (off the hub under gevent) for the write lock."""
+    db.connection.driver_connection.execute(
+        f"SET LOCAL lock_timeout = {max(1, int(WRITE_WAIT * 1000))}; SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
+    )
+
+
+def _contended(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in PG_CONTENDED
+
+
 class SqlConversationStore:
     def __init__(self, url: str):
         self.engine = create_engine(url, future=True)
         self._writer = self.engine  # other databases wait for their locks on their own, off the hub
+        self._serialise = _pg_serialise if self.engine.dialect.name == "postgresql" else None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas(READ_BUSY_MS))
             # Writes have connections of their own that never wait inside SQLite (see _write).
@@ -281,10 +305,15 @@ class SqlConversationStore:
             pending = []
             try:
                 with self.engine.begin() as db:
+                    if self._serialise is not None:
+                        self._serialise(db)
                     pending = self._run_deferred(db)
                     yield db
-            except BaseException:
+            except BaseException as exc:
                 self._put_back(pending)
+                if self._serialise is not None and _contended(exc):
+                    log.warning("a write found the database busy: %s", exc.orig)
+                    raise Busy("the database is busy with other writers; try again", retry_after=2) from None
                 raise
             return
         deadline, pause = time.monotonic() + WRITE_WAIT, 0.001

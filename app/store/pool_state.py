@@ -9,6 +9,7 @@ candidates' health and room are read, and the chosen account's lease and request
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 import uuid
@@ -77,6 +78,7 @@ alerts_sent = Table(
 )
 
 WINDOW = 60.0  # seconds an rpm limit counts over
+CURSOR_CHARS = pool_cursors.c.name.type.length  # a longer cursor name is shortened (PostgreSQL enforces it)
 FLUSH_AFTER = 0.05  # seconds a finished request's lease may wait for the next write before one of its own
 
 # The statements of the hot path, built once: building a statement costs more than running it on SQLite.
@@ -381,6 +383,8 @@ def _forget_alerts(db, name: str) -> None:
 
 def _advance(db, name: str) -> int:
     """Inside a write transaction: step the named cursor on and return its old value."""
+    if len(name) > CURSOR_CHARS:  # a long model's cursor: its name, cut, and a digest of the whole
+        name = name[: CURSOR_CHARS - 41] + ":" + hashlib.sha1(name.encode()).hexdigest()  # noqa: S324
     value = db.execute(_STEP, {"n": name}).scalar()
     if value is None:  # its first use
         _insert_missing(db, pool_cursors, name=name, value=0)
