@@ -64,7 +64,6 @@ class AuditEntry:
 class SqlAudit:
     def __init__(self, store):
         self._store = store
-        metadata.create_all(store.engine)
 
     def append(
         self,
@@ -146,7 +145,6 @@ class SqlKeyThrottle:
         self._store = store
         self.per_minute = per_minute  # 0: no throttle
         self._clear: dict[str, float] = {}  # address -> until when it is known unthrottled (monotonic)
-        metadata.create_all(store.engine)
 
     def wait(self, address: str, now: float | None = None) -> float | None:
         """Seconds this address must wait before its next key is looked at, or None if it may try now."""

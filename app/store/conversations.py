@@ -216,7 +216,9 @@ class SqlConversationStore:
         if self.engine.dialect.name == "sqlite":
             with self.engine.connect() as db:  # waits up to READ_BUSY_MS if another process is writing
                 db.exec_driver_sql("PRAGMA journal_mode=WAL")
-        metadata.create_all(self.engine)
+        from app.store import migrate  # the schema: Alembic migrations (app/store/migrate.py)
+
+        migrate.upgrade(self.engine)
         atexit.register(self._flush_at_exit)
         self._deferred: list[list] = []  # [write, tries] waiting for this process's next write transaction
         self._deferred_lock = threading.Lock()

@@ -172,7 +172,6 @@ class SqlPoolState:
         self._pending: list[str] = []  # leases of finished requests, deleted with the next write
         self._pending_lock = threading.Lock()
         self._flush_armed = False
-        metadata.create_all(store.engine)
 
     # -- choosing ----------------------------------------------------------------------------
 

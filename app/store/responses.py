@@ -25,7 +25,6 @@ Index("ix_stored_responses_owner", stored_responses.c.owner_id)
 class SqlResponses:
     def __init__(self, store):
         self._store = store
-        metadata.create_all(store.engine)
 
     def keep(self, owner_id: str, response: dict, messages: list[dict]) -> None:
         values = {

@@ -214,7 +214,6 @@ class SqlUsage:
 
     def __init__(self, store):
         self._store = store
-        metadata.create_all(store.engine)
 
     # -- limits --------------------------------------------------------------------------
 
