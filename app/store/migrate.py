@@ -59,8 +59,10 @@ def current(engine: Engine) -> str | None:
         return db.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()  # noqa: S608 (a constant)
 
 
-def upgrade(engine: Engine) -> str:
-    """Bring the database to the newest revision; return it."""
+def upgrade(engine: Engine | str) -> str:
+    """Bring the database (an engine, or a URL) to the newest revision; return it."""
+    if isinstance(engine, str):
+        return upgrade_url(engine)
     newest = head()
     if current(engine) == newest:
         return newest
