@@ -28,6 +28,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+CLI_COMMANDS = ("users", "accounts", "db")  # the admin CLI's (app/cli.py); anything else runs the server
+VALUE_OPTIONS = ("--settings", "--host", "--port", "--as")
+
+
+def cli_command(argv: list[str]) -> bool:
+    """Whether argv names an admin command: `main.py [--settings PATH] users list` and the like."""
+    words = iter(argv)
+    for word in words:
+        if word in VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word in CLI_COMMANDS
+    return False
+
+
+if __name__ == "__main__" and cli_command(sys.argv[1:]):
+    from app.cli import main as cli_main  # no server, no gevent: the same services on the same files
+
+    sys.exit(cli_main(sys.argv[1:]))
+
 if __name__ == "__main__" and worker_class(parse_args(None).settings) == "gevent":
     # gevent must patch sockets, ssl and locks before requests, SQLAlchemy or Flask create any,
     # or a lock made before the patch could block a whole worker.
