@@ -37,6 +37,7 @@ ROUTE_DEFAULTS = {
     "add_user": "/api/client/add-user",
     "ask": "/api/ask",
     "access_token": "/api/access-token",
+    "openapi": "/api/openapi.json",
     # acheong08/ChatGPT-API-server's user routes (admin_key); /admin/users is also the users page
     "acheong_users": "/admin/users",
     "acheong_users_add": "/admin/users/add",

@@ -214,9 +214,9 @@ VIEWS = {
 
 def register(app: Flask, routes: dict) -> None:
     """Add every /api view at the path settings give it."""
-    from app.api import acheong, compat, gajosu, linweiyuan
+    from app.api import acheong, compat, gajosu, linweiyuan, openapi_view
 
-    views = {**VIEWS, **compat.VIEWS, **acheong.VIEWS, **linweiyuan.VIEWS, **gajosu.VIEWS}
+    views = {**VIEWS, **compat.VIEWS, **acheong.VIEWS, **linweiyuan.VIEWS, **gajosu.VIEWS, **openapi_view.VIEWS}
     page_paths = set(app.config["SETTINGS"]["pages"].values())
     shared = {}  # path -> (view, methods): served from the page's own rule when a program asks (app/web/routes.py)
     for name, (view, methods) in views.items():
