@@ -14,7 +14,7 @@ import pytest
 import requests
 from fakes import FakeChatGPTWeb, FakeOpenAI
 from openai import OpenAI
-from pg import database_url, pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
+from pg import database, pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 from werkzeug import serving
 
 from app import create_app

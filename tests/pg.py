@@ -97,8 +97,9 @@ def pg_url(pg_cluster) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    """The test's database URL, once for SQLite (a file in tmp_path) and once for a fresh PostgreSQL database."""
+def database(request) -> dict:
+    """Settings overrides for the test's database: {} (the default SQLite file) or a fresh PostgreSQL
+    database's {"database_url": ...}; tests pass them on, as in make_server(**database)."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'conversations.db'}"
-    return request.getfixturevalue("pg_url")
+        return {}
+    return {"database_url": request.getfixturevalue("pg_url")}

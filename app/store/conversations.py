@@ -193,9 +193,16 @@ def _pg_serialise(db) -> None:
 
 
 def _contended(exc: BaseException) -> bool:
-    if not isinstance(exc, DBAPIError):
-        return False
-    return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in PG_CONTENDED
+    """True for a PostgreSQL write that failed for want of the database, not for a fault of its own: a lock
+    wait too long, a deadlock, a serialization failure, a connection lost or refused. The error comes through
+    SQLAlchemy or, from the statements run on the driver's cursor (app/store/raw.py), straight from psycopg."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            return True
+        exc = exc.orig
+    if getattr(exc, "sqlstate", None) in PG_CONTENDED:
+        return True
+    return any(kind.__name__ == "OperationalError" for kind in type(exc).__mro__)
 
 
 class SqlConversationStore:
@@ -314,7 +321,7 @@ class SqlConversationStore:
             except BaseException as exc:
                 self._put_back(pending)
                 if self._serialise is not None and _contended(exc):
-                    log.warning("a write found the database busy: %s", exc.orig)
+                    log.warning("a write found the database busy: %s", getattr(exc, "orig", exc))
                     raise Busy("the database is busy with other writers; try again", retry_after=2) from None
                 raise
             return
