@@ -37,6 +37,15 @@ class SessionInterface(SecureCookieSessionInterface):
         return request.is_secure or super().get_cookie_secure(app)
 
 
+def user_store(settings: dict, store: SqlConversationStore):
+    """The users: users.json (users_store "json", the default) or the database's users table ("sql")."""
+    if settings["users_store"] == "sql":
+        from app.store.users_sql import SqlUserStore
+
+        return SqlUserStore(store)
+    return JsonUserStore(config.resolve_path(settings, settings["users_file"]))
+
+
 def create_app(
     settings: dict | None = None,
     *,
@@ -72,8 +81,8 @@ def create_app(
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
     app.json.sort_keys = False
 
-    users = JsonUserStore(config.resolve_path(settings, settings["users_file"]))
     store = SqlConversationStore(config.database_url(settings))
+    users = user_store(settings, store)
     # A lease outlives any live request on its account, as a turn's claim does (app/services/chat.py).
     pool = Pool(settings["accounts"], settings, SqlPoolState(store, float(settings["timeouts"]["read"]) + 30.0))
     conversations = ConversationService(store)

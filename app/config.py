@@ -84,6 +84,7 @@ DEFAULTS = {
     "port": 5000,
     "users_file": "users.json",
     "database_url": "sqlite:///conversations.db",
+    "users_store": "json",  # "json": users_file (the original's users.json); "sql": the database_url's users table
     "default_proxy": None,
     "timeouts": {"connect": 10.0, "read": 120.0},
     "max_body_bytes": 1_048_576,
@@ -172,6 +173,7 @@ PROXY_SCHEMES = ("socks5", "socks5h", "http", "https")
 WORKER_CLASSES = ("gevent", "gthread")
 NUMBER = (int, float)
 
+USERS_STORES = ("json", "sql")
 
 @dataclass(frozen=True)
 class Account:
@@ -471,6 +473,8 @@ def _check_pages(settings: dict) -> None:
         raise ConfigError("session_days: must be 1 or more")
     if settings["trusted_proxies"] < 0:
         raise ConfigError("trusted_proxies: must be 0 or more")
+    if settings["users_store"] not in USERS_STORES:
+        raise ConfigError(f"users_store: must be one of {', '.join(USERS_STORES)} (got {settings['users_store']!r})")
     if settings["body_timeout"] <= 0:
         raise ConfigError("body_timeout: must be more than 0")
     for name in ("max_body_bytes", "max_prompt_chars", "max_upstream_line_bytes", "max_reply_chars"):

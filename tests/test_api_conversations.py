@@ -6,15 +6,20 @@ import itertools
 from datetime import datetime
 
 import pytest
-from conftest import ADMIN_KEY
+from conftest import ADMIN_KEY, start_server
 
 _names = itertools.count()
 
 
-@pytest.fixture
-def server(shared_server):
-    """The module's one demo server; each test uses fresh users."""
-    return shared_server
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory):
+    """The module's one demo server, on SQLite and on PostgreSQL (tests/pg.py); each test uses fresh users."""
+    database = {}
+    if request.param == "postgresql":
+        database["database_url"] = request.getfixturevalue("pg_cluster").create_database()
+    server = start_server(tmp_path_factory.mktemp("shared"), **database)
+    yield server
+    server.stop()
 
 
 def fresh(server, role="user", **fields) -> dict:

@@ -30,6 +30,12 @@ def fakes():
         yield lambda n: [stack.enter_context(FakeOpenAI()) for _ in range(n)]
 
 
+@pytest.fixture
+def server(make_server, database):
+    """A demo server, on SQLite and on PostgreSQL (tests/pg.py)."""
+    return make_server(**database)
+
+
 def audit(server, key, **params) -> dict:
     response = server.get("/api/audit", key, params={"limit": 500, **params})
     assert response.status_code == 200, response.text
@@ -206,7 +212,9 @@ def test_a_hand_edit_of_settings_json_is_recorded_once_as_a_reload(make_server, 
         ("401", "account.needs_attention", "credentials"),
     ],
 )
-def test_an_accounts_state_change_is_recorded_by_the_server(make_server, admin, fakes, failure, action, fault):
+def test_an_accounts_state_change_is_recorded_by_the_server(
+    make_server, admin, fakes, failure, action, fault, database
+):
     (fake,) = fakes(1)
     if failure == "429":
         fake.rate_limit(retry_after="20")
@@ -214,7 +222,9 @@ def test_an_accounts_state_change_is_recorded_by_the_server(make_server, admin, 
         fake.require_key = "sk-some-other-key-000000000000"
     else:
         fake.fail_status = 500
-    server = make_server([openai_account(fake, name="oa", api_key=ACCOUNT_KEY)], timeouts=FAST, health=HEALTH)
+    server = make_server(
+        [openai_account(fake, name="oa", api_key=ACCOUNT_KEY)], timeouts=FAST, health=HEALTH, **database
+    )
     key = server.create_user(admin, "alice")["api_key"]
     assert server.post("/api/chat", key, json={"prompt": "hi"}).status_code in (429, 502, 503)
     entry = only(server, admin, action)

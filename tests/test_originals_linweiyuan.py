@@ -19,6 +19,13 @@ from upstream_fixtures import openai_account
 WEB_MODEL = "text-davinci-002-render-sha"  # what the web backend's clients send; not served here
 
 
+@pytest.fixture
+def server(make_server, request):
+    """A demo server; on PostgreSQL too for the tests that ask for `database` (tests/pg.py)."""
+    database = request.getfixturevalue("database") if "database" in request.fixturenames else {}
+    return make_server(**database)
+
+
 def go(server, method: str, path: str, key: str | None = None, **kwargs) -> requests.Response:
     """One request as go-chatgpt-api's clients send it: the key alone in the Authorization header."""
     headers = kwargs.pop("headers", {})
@@ -333,7 +340,7 @@ def rate(server, key: str, cid: str, mid: str, rating) -> requests.Response:
     return go(server, "POST", "/conversation/message_feedback", key, json=body)
 
 
-def test_feedback_is_kept_and_shown_in_the_api_the_backend_shape_and_the_page(server, user):
+def test_feedback_is_kept_and_shown_in_the_api_the_backend_shape_and_the_page(server, user, database):
     """A rating comes back as the backend answers it, and shows in /api/conversations/<id>, in
     GET /conversation/<id>'s metadata and on the chat page; a second rating replaces the first."""
     key = user["api_key"]
@@ -391,7 +398,7 @@ def test_bad_feedback_is_400(server, user, change, words):
     assert feedback_rows(server) == 0
 
 
-def test_feedback_names_a_message_of_that_conversation(server, user):
+def test_feedback_names_a_message_of_that_conversation(server, user, database):
     """A message id from another conversation, or none at all, is a 404; nothing is kept."""
     key = user["api_key"]
     one = ask(server, key, "One")[1]
@@ -405,7 +412,7 @@ def test_feedback_names_a_message_of_that_conversation(server, user):
     assert feedback_rows(server) == 0
 
 
-def test_feedback_goes_with_its_conversation_and_its_user(server, admin, user):
+def test_feedback_goes_with_its_conversation_and_its_user(server, admin, user, database):
     """Removing a rated conversation (one, all, or its user) works and takes its ratings along."""
     key = user["api_key"]
     finals = [ask(server, key, p)[1] for p in ("A", "B", "C")]

@@ -95,9 +95,9 @@ def assert_counts(group: dict, **expected) -> None:
 # -- every front, one entry each, with the upstream's counts ---------------------------------------------
 
 
-def test_every_front_records_one_entry_with_the_upstreams_token_counts(make_server, admin, fakes):
+def test_every_front_records_one_entry_with_the_upstreams_token_counts(make_server, admin, fakes, database):
     (fake,) = fakes(1)
-    server = make_server([openai_account(fake)], timeouts=FAST)
+    server = make_server([openai_account(fake)], timeouts=FAST, **database)
     made = server.create_user(admin, "alice")
     key = made["api_key"]
     browser = Browser(server).log_in(key)
@@ -201,12 +201,15 @@ def test_a_stream_the_caller_hangs_up_on_is_recorded_as_cut(make_server, admin, 
     assert by(server, admin, "account")["oa"]["cut"] == 1
 
 
-def test_upstream_errors_and_turns_no_account_took_are_counted_as_errors_per_account(make_server, admin, fakes):
+def test_upstream_errors_and_turns_no_account_took_are_counted_as_errors_per_account(
+    make_server, admin, fakes, database
+):
     free, paid = fakes(2)
     server = make_server(
         [openai_account(free, name="free"), openai_account(paid, name="paid", plus=True)],
         timeouts=FAST,
         health=NO_COOLDOWN,
+        **database,
     )
     plain = server.create_user(admin, "alice")["api_key"]
     plus = server.create_user(admin, "paula", plus=True)["api_key"]
@@ -242,10 +245,11 @@ def test_a_turn_no_account_could_take_is_an_error_without_an_account(make_server
 
 
 @pytest.fixture
-def cast(make_server, admin):
-    """A demo server where alice, bob (the admin's), the bot and carol (the bot's, its id c-1), and dave (another
-    bot's) each had turns: alice 1, bob 2, the bot 1 of its own, carol 2 (one spoken for by the bot), dave 1."""
-    server = make_server()
+def cast(make_server, admin, database):
+    """A demo server (on SQLite and on PostgreSQL) where alice, bob (the admin's), the bot and carol (the bot's,
+    its id c-1), and dave (another bot's) each had turns: alice 1, bob 2, the bot 1 of its own, carol 2 (one
+    spoken for by the bot), dave 1."""
+    server = make_server(**database)
     alice = server.create_user(admin, "alice")
     bob = server.create_user(admin, "bob")
     bot = server.create_user(admin, "bot", role="client")

@@ -32,9 +32,11 @@ def fake():
 
 
 @pytest.fixture
-def setup(make_server, admin, fake):
-    """A server with an openai account (on the fake) and the demo; a user's SDK client."""
-    server = make_server([openai_account(fake), {"name": "demo", "type": "demo"}])
+def setup(make_server, admin, fake, request):
+    """A server with an openai account (on the fake) and the demo; a user's SDK client. On PostgreSQL too
+    for the tests that ask for `database` (tests/pg.py)."""
+    database = request.getfixturevalue("database") if "database" in request.fixturenames else {}
+    server = make_server([openai_account(fake), {"name": "demo", "type": "demo"}], **database)
     key = server.create_user(admin, "rita")["api_key"]
     return server, openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0), key
 
@@ -43,7 +45,7 @@ def last_sent(fake) -> dict:
     return fake.chats()[-1]["body"]
 
 
-def test_a_whole_response_with_instructions_and_a_follow_up(setup, fake):
+def test_a_whole_response_with_instructions_and_a_follow_up(setup, fake, database):
     """instructions go first as a system message; previous_response_id brings the earlier turn (not its
     instructions) and its answer along."""
     _server, client, _key = setup
@@ -123,7 +125,7 @@ def test_structured_output_parses_into_the_model(setup, fake):
     assert last_sent(fake)["response_format"]["json_schema"]["name"] == "Person"
 
 
-def test_stored_responses_are_per_user_and_can_be_deleted(setup, make_server, admin):
+def test_stored_responses_are_per_user_and_can_be_deleted(setup, make_server, admin, database):
     """GET finds one's own response; another user gets 404; DELETE removes it; store false keeps nothing."""
     server, client, _key = setup
     response = client.responses.create(model="gpt-4o-mini", input="keep me")

@@ -34,7 +34,7 @@ LOCK_WAIT = 120.0  # seconds a start waits for another process's migration
 
 def all_metadata() -> MetaData:
     """Every table of the store (each module adds its own to the one metadata)."""
-    from app.store import audit, conversations, pool_state, responses, usage  # noqa: F401  (they define tables)
+    from app.store import audit, conversations, pool_state, responses, usage, users_sql  # noqa: F401  (tables)
 
     return conversations.metadata
 

@@ -384,6 +384,24 @@ class JsonUserStore(UserStore):
 
         return self._change(apply)
 
+    def put_all(self, given: list[User]) -> int:
+        """Add users as they are, key hashes included (`users import`), in one change; Conflict naming the
+        first whose id or key is taken. All or nothing."""
+
+        def apply() -> tuple[int, Delta]:
+            hashes = {u.key_hash for u in self._users.values()}
+            put: dict[str, User] = {}
+            for user in given:
+                if user.user_id in self._users or user.user_id in put or user.key_hash in hashes:
+                    raise Conflict(
+                        f"user {user.user_id!r} (or its key) is already in {self.path.name}", param="user_id"
+                    )
+                hashes.add(user.key_hash)
+                put[user.user_id] = user
+            return len(put), (put, [])
+
+        return self._change(apply)
+
     def set_key_hash(self, user_id: str, key_hash: str) -> User:
         return self.update(user_id, lambda user, _everyone: user.replace(key_hash=key_hash))[1]
 
@@ -452,6 +470,29 @@ def _truncate(path: Path, inode: int, size: int) -> None:
 
 
 # -- encoding ----------------------------------------------------------------------------------
+
+
+def dump_users(given: list[User]) -> str:
+    """Users in users.json's own format (`users export`): a file any store can import, or use as users.json."""
+    return f'{{"version":{FORMAT_VERSION},"gen":0,"users":{{\n' + ",\n".join(_encode(u) for u in given) + "\n}}\n"
+
+
+def load_users(text: str) -> list[User]:
+    """The users of a users.json-format text (`users import`); ValueError naming what is wrong."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    found = data.get("users") if isinstance(data, dict) else None
+    if not isinstance(found, dict):
+        raise ValueError('not a users file: it needs {"users": {user_id: {...}}}')
+    loaded = []
+    for user_id, fields in found.items():
+        try:
+            loaded.append(_user(user_id, fields))
+        except TypeError as exc:
+            raise ValueError(f"user {user_id!r}: {exc}") from None
+    return loaded
 
 
 def _user(user_id: str, fields: dict) -> User:
