@@ -12,7 +12,7 @@ from flask import Flask, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import auth, config, errors, limits
+from app import auth, config, errors, limits, metrics
 from app.pool import Pool
 from app.services import ChatService, ConversationService, UserService
 from app.services.accounts import AccountService
@@ -114,10 +114,12 @@ def create_app(
     if created and created != wanted:
         app.config["CREATED_ADMIN_KEY"] = created
 
+    app.after_request(metrics.request_done)  # first registered, so it runs last: counts the final status
     errors.register(app)
     limits.install(app)
     app.after_request(_rate_limit_headers)
     app.before_request(auth.note_arrival)  # first of all: before any key or session is looked up
+    app.before_request(metrics.request_started)
     app.before_request(_new_request_id)
     app.after_request(_request_id_header)
     app.before_request(services.accounts.refresh)  # settings.json edited elsewhere: seen within a second

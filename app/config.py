@@ -32,6 +32,7 @@ ROUTE_DEFAULTS = {
     "account_test": "/api/accounts/<name>/test",
     "usage": "/api/usage",
     "audit": "/api/audit",
+    "metrics": "/metrics",  # Prometheus text format (app/metrics.py); metrics_token guards it
     "recall": "/api/recall",
     "remove_conversation": "/api/remove-conversation",
     "add_user": "/api/client/add-user",
@@ -131,6 +132,7 @@ DEFAULTS = {
     "key_failures_per_minute": 20,  # wrong API keys one client address may send a minute before a 429 (0: no limit)
     "model_aliases": {},  # a model name callers may ask for -> the model it means ("gpt-3.5-turbo": "gpt-4o-mini")
     "queue_timeout": 10.0,  # seconds a request waits for an account with room (max_concurrent, rpm)
+    "metrics_token": None,  # a bearer token /metrics asks for (env:NAME works); None: /metrics is open
     "alerts": {"webhook_url": None},  # a JSON POST when an account needs attention or a class has none left
     "routes": dict(ROUTE_DEFAULTS),
     "pages": dict(PAGE_DEFAULTS),
@@ -418,6 +420,8 @@ def validate(raw: dict, base_dir: Path | str = ".") -> dict:
         if urlsplit(hook).scheme not in ("http", "https") or not urlsplit(hook).hostname:
             raise ConfigError("alerts.webhook_url: must be an http(s) URL")
         settings["alerts"]["webhook_url"] = hook
+    if settings["metrics_token"] is not None:  # a secret too: env:NAME reads it from the environment
+        settings["metrics_token"] = _resolve_secret("metrics_token", settings["metrics_token"]) or None
     default_proxy = settings["default_proxy"]
     default_proxy = check_proxy("default_proxy", default_proxy and _resolve_secret("default_proxy", default_proxy))
     byo = settings["byo_account"]

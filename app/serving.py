@@ -33,6 +33,7 @@ from gunicorn.http.message import MAX_REQUEST_LINE
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import ggevent, gthread
 
+from app import metrics
 from app.errors import error_body
 
 # gunicorn's request line limit, at its maximum (gunicorn refuses anything larger).
@@ -308,7 +309,29 @@ class IdleTimeout(gevent.Timeout):
             super()._on_expiration(prev_greenlet, ex)
 
 
-class GeventWorker(JsonErrors, ggevent.GeventWorker):
+class MetricsHooks:
+    """Mixin for gunicorn workers: when the master checks the worker class (Arbiter.setup, before any
+    worker forks), it also gets a child_exit hook that drops a dead worker's in-flight gauge from the
+    metrics (app/metrics.py), whatever killed the worker."""
+
+    @classmethod
+    def check_config(cls, cfg, log):
+        parent = getattr(super(), "check_config", None)
+        if parent is not None:
+            parent(cfg, log)
+        before = cfg.child_exit
+        if getattr(before, "marks_metrics", False):
+            return
+
+        def child_exit(server, worker):
+            metrics.process_dead(worker.pid)
+            before(server, worker)
+
+        child_exit.marks_metrics = True
+        cfg.set("child_exit", child_exit)
+
+
+class GeventWorker(MetricsHooks, JsonErrors, ggevent.GeventWorker):
     """gunicorn's gevent worker with a per-address connection limit, JSON errors, and a keep-alive
     timer that never closes a connection whose request has arrived."""
 
@@ -391,7 +414,7 @@ class GeventWorker(JsonErrors, ggevent.GeventWorker):
             util.close(client)
 
 
-class ThreadWorker(JsonErrors, gthread.ThreadWorker):
+class ThreadWorker(MetricsHooks, JsonErrors, gthread.ThreadWorker):
     """gunicorn's threaded worker with JSON errors (its connections are bounded by worker_connections)."""
 
 
@@ -407,6 +430,7 @@ def configure(settings: dict) -> None:
     """Hand the workers their limits from settings (called in the master, before the workers fork)."""
     GeventWorker.max_connections_per_address = int(settings["max_connections_per_address"])
     GeventWorker.head_timeout = float(settings["body_timeout"])
+    metrics.use_multiprocess()  # each worker writes its metrics to files of its own; a scrape sums them all
 
 
 def worker_class_path(kind: str) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 
 from app import auth
+from app import metrics as app_metrics
 from app.api.compat import original_answer
 from app.api.params import choice, flag, json_object, number, request_params, text, token
 from app.context import services
-from app.errors import BadRequest, under_api
+from app.errors import BadRequest, Unauthorized, under_api
 from app.pool import PLUS_MODES
 from app.render import reply_only_response
 from app.sse import chat_stream
@@ -158,6 +159,14 @@ def health():
     return jsonify({**body, "states": states}), 200 if up else 503
 
 
+def metrics():
+    """Prometheus' text format (app/metrics.py): open when settings set no metrics_token, else for its bearer."""
+    token = current_app.config["SETTINGS"]["metrics_token"]
+    if not app_metrics.authorized(token, request.headers.get("Authorization")):
+        raise Unauthorized("send the metrics_token as Authorization: Bearer <token>")
+    return Response(app_metrics.exposition(services().pool), content_type=app_metrics.CONTENT_TYPE)
+
+
 def accounts():
     actor = _account_admin()
     if request.method == "POST":
@@ -204,6 +213,7 @@ VIEWS = {
     "user_key": (user_key, ["POST"]),
     "me": (me, ["GET", "POST"]),
     "health": (health, ["GET"]),
+    "metrics": (metrics, ["GET"]),
     "accounts": (accounts, ["GET", "POST"]),
     "account": (account, ["GET", "PATCH", "DELETE"]),
     "account_test": (account_test, ["POST"]),

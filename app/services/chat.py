@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from app import metrics
 from app.errors import AppError, BadRequest, Conflict, Forbidden, NoAccountAvailable, UpstreamError, UpstreamTimeout
 from app.pool import PLUS_MODES, Lease, Pool, back_in, class_of, token_hash
 from app.services.completions import Completion, check_completion, check_embedding, upstream_body
@@ -464,6 +465,7 @@ class ChatService:
             lease = plan.lease
             tried.append(lease.name)
             events, said, renewed = self._reply(lease.upstream, plan.turn), False, time.monotonic()
+            events = metrics.upstream(metrics.OWN_TOKEN if plan.token_hash else lease.name, events)  # timed, in flight
             try:
                 for event in events:
                     if isinstance(event, Delta):

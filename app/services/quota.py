@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from app import metrics
 from app.config import check_limit
 from app.errors import BadRequest, ConfigError, Forbidden, RateLimited
 from app.services.principal import Principal
@@ -159,6 +160,7 @@ class QuotaService:
 
     def _refusal(self, no: Refused, user: User, owner: User | None) -> RateLimited:
         limit, standing = no.limit, no.standing
+        metrics.refused(limit)
         value = getattr(standing.rule, limit)
         if owner is not None and standing.rule.subject == owner.user_id:
             who = f"the users of client {owner.username!r} together may use {value} {WHAT[limit]}"

@@ -12,6 +12,7 @@ import math
 import time
 from datetime import UTC, date, datetime, timedelta
 
+from app import metrics
 from app.errors import BadRequest
 from app.services.quota import Ticket
 from app.store.usage import GROUPS, Entry, SqlUsage, day_of
@@ -95,6 +96,7 @@ class UsageService:
             outcome=outcome,
             status=status,
         )
+        metrics.tokens(model, entry.prompt_tokens, entry.completion_tokens)
         try:
             self.usage.record(entry, ticket.admission, ticket.subjects, counts)
         except Exception:  # the answer has gone already; losing it here would lose the turn twice
