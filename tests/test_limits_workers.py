@@ -177,14 +177,14 @@ def assert_refused(answer: Answer, code: str, limit: str, kind: str = "requests"
 # -- tests -------------------------------------------------------------------------------------
 
 
-def test_per_minute_limit_admits_exactly_n_of_3n_concurrent_requests_over_both_workers(start, fake):
+def test_per_minute_limit_admits_exactly_n_of_3n_concurrent_requests_over_both_workers(start, fake, database):
     """requests_per_minute 6 for users: of 18 conversations sent at once, 9 to each worker, exactly 6 are
     answered (remaining 5, 4, ... 0, each once) and the fake sees exactly 6; the other 12 are 429
     rate_limit_exceeded with Retry-After and x-ratelimit-*. The 6 must come from both workers: a round
     where one worker admitted all 6 is repeated with a fresh user."""
     n = 6
     fake.delay = 0.2  # the admitted requests are still upstream while the others are being refused
-    server, lines = start(fake, limits={"user": {"requests_per_minute": n}})
+    server, lines = start(fake, limits={"user": {"requests_per_minute": n}}, **database)
     a, b = fake.workers
     for attempt in range(5):
         _, key = new_user(server, f"rpm{attempt}")
@@ -259,13 +259,13 @@ def test_daily_token_quota_stops_a_user_on_both_workers_and_both_fronts(start, f
     assert (me["today"]["requests"], me["today"]["tokens"]) == (4, 120)  # refusals are not counted
 
 
-def test_client_wide_quota_holds_across_its_users_and_cannot_be_raised_by_the_client(start, fake):
+def test_client_wide_quota_holds_across_its_users_and_cannot_be_raised_by_the_client(start, fake, database):
     """An admin gives a client requests_per_day 5; the client speaks for 3 users, 4 requests each, sent at
     once to both workers: exactly 5 are answered in all. The client cannot give a user more than 5 or
     no limit (403) but can give 5 or less; even an admin's higher limit on a user leaves the client's
     quota spent."""
     k = 5
-    server, lines = start(fake)
+    server, lines = start(fake, **database)
     a, b = fake.workers
     people = ["ext-1", "ext-2", "ext-3"]
     for attempt in range(5):  # until both workers have answered some of the five (a fresh client each round)
@@ -323,11 +323,11 @@ def test_client_wide_quota_holds_across_its_users_and_cannot_be_raised_by_the_cl
     assert len(fake.chats(since)) == k
 
 
-def test_wrong_keys_are_throttled_per_address_on_both_workers(start, fake):
+def test_wrong_keys_are_throttled_per_address_on_both_workers(start, fake, database):
     """key_failures_per_minute 20 (the default): 20 wrong keys from 127.0.0.1, 10 to each worker, are 401;
     the 21st is 429 with Retry-After, and so is a right key from 127.0.0.1 on either worker (/api and /v1);
     a right key from 127.0.0.2 is answered by both workers, and a wrong one there is a plain 401."""
-    server, lines = start(fake)
+    server, lines = start(fake, **database)
     a, b = fake.workers
     _, key = new_user(server, "alice")
     for i in range(20):
@@ -362,12 +362,12 @@ def test_wrong_keys_are_throttled_per_address_on_both_workers(start, fake):
     assert lines.send(a, "GET", "/api/me", key).status == 429  # 127.0.0.1 still waits out its minute
 
 
-def test_usage_totals_equal_what_the_fake_upstream_counted(start, fake):
+def test_usage_totals_equal_what_the_fake_upstream_counted(start, fake, database):
     """A mix of /api/chat (JSON, stream, a follow-up), a client's user, and /v1/chat/completions (JSON,
     stream with and without usage), sent to both workers, half of it at once: the admin's report by
     account counts exactly the requests the fake received and the tokens it reported; by user and day
     it counts each user's own; a client and a user see only theirs."""
-    server, lines = start(fake)
+    server, lines = start(fake, **database)
     a, b = fake.workers
     alice_id, alice = new_user(server, "alice")
     bob_id, bob = new_user(server, "bob")

@@ -187,13 +187,13 @@ def ask_many(server: Served, key: str, n: int) -> list[requests.Response]:
 # -- tests -------------------------------------------------------------------------------------
 
 
-def test_a_429_seen_by_one_worker_keeps_both_off_the_account(launch, worker_fakes):
+def test_a_429_seen_by_one_worker_keeps_both_off_the_account(launch, worker_fakes, database):
     """After the first 429 the rate-limited upstream gets nothing more, from either worker, until its
     Retry-After has passed; then it takes turns again."""
     limited, other = worker_fakes
     limited.rate_limit("4")
     accounts = [openai_account(limited, name="limited"), openai_account(other, name="other")]
-    server, key = launch(accounts, limited, other)
+    server, key = launch(accounts, limited, other, **database)
     while not limited.chats():  # round robin reaches "limited" within two conversations
         assert len(other.chats()) < 2
         assert server.chat(key, "warm up").json()["account"] == "other"
@@ -219,11 +219,11 @@ def test_a_429_seen_by_one_worker_keeps_both_off_the_account(launch, worker_fake
     assert Counter(a.json()["account"] for a in after) == {"limited": 3, "other": 3}
 
 
-def test_max_concurrent_is_counted_across_both_workers(launch, worker_fakes):
+def test_max_concurrent_is_counted_across_both_workers(launch, worker_fakes, database):
     """24 concurrent callers over two workers: the account limited to 2 at once never sees more."""
     fake, _ = worker_fakes
     fake.reply_text, fake.stream_delay = "one two three four", 0.05
-    server, key = launch([openai_account(fake, name="oa", max_concurrent=2)], fake, queue_timeout=30)
+    server, key = launch([openai_account(fake, name="oa", max_concurrent=2)], fake, queue_timeout=30, **database)
     with ThreadPoolExecutor(max_workers=24) as pool:
         answers = list(pool.map(lambda n: server.chat(key, f"q{n}"), range(24)))
     assert [a.status_code for a in answers] == [200] * 24, [a.text for a in answers if a.status_code != 200][:3]
@@ -231,14 +231,15 @@ def test_max_concurrent_is_counted_across_both_workers(launch, worker_fakes):
     assert workers_of(fake.chats()) == set(fake.workers)
 
 
-def test_rpm_is_counted_across_both_workers(launch, worker_fakes):
+def test_rpm_is_counted_across_both_workers(launch, worker_fakes, database):
     """An account allowed 6 requests a minute takes 6 of 12 conversations sent over both workers; the others
     get 503 with Retry-After."""
     fake, _ = worker_fakes
     # Which worker accepts a connection is the kernel's choice, so six requests may all land on one: the
     # count must hold every time, and within three servers both workers must have shared the six.
     for attempt in range(3):
-        server, key = launch([openai_account(fake, name=f"oa{attempt}", rpm=6)], fake, queue_timeout=0.2)
+        accounts = [openai_account(fake, name=f"oa{attempt}", rpm=6)]
+        server, key = launch(accounts, fake, queue_timeout=0.2, **database)
         since = len(fake.chats())
         with ThreadPoolExecutor(max_workers=12) as pool:
             answers = list(pool.map(lambda n, s=server, k=key: s.chat(k, f"q{n}"), range(12)))
@@ -250,13 +251,13 @@ def test_rpm_is_counted_across_both_workers(launch, worker_fakes):
     pytest.fail("in three servers the six requests never reached the upstream from both workers")
 
 
-def test_one_alert_per_event_across_both_workers(launch, worker_fakes):
+def test_one_alert_per_event_across_both_workers(launch, worker_fakes, database):
     """Both workers see two refused accounts: the webhook hears once of each and once of the free class."""
     a, b = worker_fakes
     a.fail_status = b.fail_status = 401
     with FakeWebhook() as hook:
         accounts = [openai_account(a, name="a"), openai_account(b, name="b")]
-        server, key = launch(accounts, a, b, alerts={"webhook_url": hook.url})
+        server, key = launch(accounts, a, b, alerts={"webhook_url": hook.url}, **database)
         with ThreadPoolExecutor(max_workers=10) as pool:
             statuses = list(pool.map(lambda n: server.chat(key, f"q{n}").status_code, range(20)))
         assert set(statuses) <= {502, 503}, statuses
