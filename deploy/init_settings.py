@@ -6,7 +6,8 @@ The file is the server's own first-run settings (app/config.py first_run_setting
 instances behind a reverse proxy need: one app_secret for all of them ($APP_SECRET, so a session cookie
 made by one instance is good on the other), the shared database ($DATABASE_URL; its password stays in
 the environment as PGPASSWORD, not in the file), 0.0.0.0, one trusted proxy and no per-address connection
-limit (every connection comes from the proxy). It is checked by config.validate before it is written.
+limit (every connection comes from the proxy); $USERS_STORE sets users_store if given. It is checked
+by config.validate before it is written.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def settings_for_compose(environ) -> dict:
     )
     if environ.get("DATABASE_URL"):
         settings["database_url"] = environ["DATABASE_URL"]
+    if environ.get("USERS_STORE"):  # "sql": users in the database too (instances on several machines)
+        settings["users_store"] = environ["USERS_STORE"]
     return settings
 
 
