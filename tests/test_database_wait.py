@@ -1,4 +1,5 @@
 """Waiting for SQLite's write lock: cooperative under gevent (the worker goes on), a 503 when it lasts.
+The same on PostgreSQL, whose writes wait for an advisory lock (app/store/conversations.py, PG_WRITE_LOCK).
 
 SQLite's own wait (busy_timeout) is a C call: while one worker wrote, a write in the other froze that
 whole worker, every connection on it included. Now a write takes the lock first (BEGIN IMMEDIATE)
@@ -13,7 +14,10 @@ import threading
 import time
 from contextlib import contextmanager
 
+import psycopg
+import pytest
 import requests
+from sqlalchemy.engine import make_url
 from test_startup import Proc
 from test_upstream_flood import HealthProbe
 
@@ -24,9 +28,15 @@ KEY = "cas-database-wait-admin-key-0123456789"
 
 @contextmanager
 def write_lock_held(database, seconds: float):
-    """Hold the database's write lock from another connection (as another worker's long write would)."""
-    holder = sqlite3.connect(database, timeout=5, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
+    """Hold the database's write lock from another connection (as another worker's long write would).
+    database: a SQLite file, or a PostgreSQL URL."""
+    if str(database).startswith("postgresql"):
+        url = make_url(database)
+        holder = psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database)
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (conversation_store.PG_WRITE_LOCK,))
+    else:
+        holder = sqlite3.connect(database, timeout=5, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
     release = threading.Timer(seconds, holder.commit)
     release.start()
     try:
@@ -36,10 +46,16 @@ def write_lock_held(database, seconds: float):
         holder.close()
 
 
-def test_a_write_waits_for_the_lock_without_freezing_the_worker(tmp_path):
+@pytest.fixture
+def server(make_server, database):
+    """A demo server, on SQLite and on PostgreSQL (tests/pg.py)."""
+    return make_server(**database)
+
+
+def test_a_write_waits_for_the_lock_without_freezing_the_worker(tmp_path, database):
     folder = tmp_path / "site"
     folder.mkdir()
-    settings = {"accounts": [{"name": "demo", "type": "demo"}], "server": {"workers": 1}}
+    settings = {"accounts": [{"name": "demo", "type": "demo"}], "server": {"workers": 1}, **database}
     (folder / "settings.json").write_text(json.dumps(settings))
     proc = Proc(folder, tmp_path, {"ADMIN_API_KEY": KEY})
     try:
@@ -47,7 +63,7 @@ def test_a_write_waits_for_the_lock_without_freezing_the_worker(tmp_path):
         assert proc.post("/api/chat", KEY, json={"prompt": "warm up"}).status_code == 200
         probe = HealthProbe().start(proc.url)
         answers: list[requests.Response] = []
-        with write_lock_held(folder / "conversations.db", 1.5):
+        with write_lock_held(database.get("database_url", folder / "conversations.db"), 1.5):
             started = time.monotonic()
             chat = threading.Thread(target=lambda: answers.append(proc.post("/api/chat", KEY, json={"prompt": "hi"})))
             chat.start()
@@ -62,9 +78,9 @@ def test_a_write_waits_for_the_lock_without_freezing_the_worker(tmp_path):
     assert max(took) < 0.1, f"... and the worker answered meanwhile; slowest (ms): {[round(t * 1000) for t in slowest]}"
 
 
-def test_a_write_that_waits_too_long_is_a_503(server, user, tmp_path, monkeypatch):
+def test_a_write_that_waits_too_long_is_a_503(server, user, tmp_path, monkeypatch, database):
     monkeypatch.setattr(conversation_store, "WRITE_WAIT", 0.3)
-    with write_lock_held(tmp_path / "conversations.db", 1.0):
+    with write_lock_held(database.get("database_url", tmp_path / "conversations.db"), 1.0):
         response = server.post("/api/chat", user["api_key"], json={"prompt": "hi"})
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "busy"
