@@ -200,10 +200,12 @@ def test_429_cools_the_account_until_retry_after(make_server, admin, openai_fake
     assert state(server, admin, "oa") == "ok"
 
 
-def test_transient_failures_back_off_doubling_to_the_cap_and_a_success_resets(make_server, admin, openai_fake):
+def test_transient_failures_back_off_doubling_to_the_cap_and_a_success_resets(
+    make_server, admin, openai_fake, database
+):
     """Each 5xx in a row doubles the rest (0.3, 0.6, 1.2, capped at 1.2); a success starts again at 0.3."""
     health = {"backoff_start": 0.3, "backoff_max": 1.2}
-    server, key = start(make_server, admin, [openai_account(openai_fake)], health=health)
+    server, key = start(make_server, admin, [openai_account(openai_fake)], health=health, **database)
     openai_fake.fail_status = 500
 
     def rest_after(response) -> float:
@@ -284,7 +286,7 @@ def test_refused_credentials_need_attention_until_re_enabled(make_server, admin,
     assert names == {"bad": 2, "good": 2}
 
 
-def test_health_counts_states_and_is_503_while_no_account_can_take_a_conversation(make_server, admin, fakes):
+def test_health_counts_states_and_is_503_while_no_account_can_take_a_conversation(make_server, admin, fakes, database):
     """/api/health counts accounts per state; 503 while none is ok, 200 again once one comes back."""
     cooling, attention, off = fakes(3)
     accounts = [
@@ -292,7 +294,7 @@ def test_health_counts_states_and_is_503_while_no_account_can_take_a_conversatio
         openai_account(attention, name="b"),
         openai_account(off, name="c", enabled=False),
     ]
-    server, key = start(make_server, admin, accounts, health={"backoff_start": 1.0})
+    server, key = start(make_server, admin, accounts, health={"backoff_start": 1.0}, **database)
     up = server.get("/api/health")
     assert up.status_code == 200, up.text
     assert up.json()["states"] == {"ok": 2, "cooling": 0, "needs_attention": 0, "disabled": 1}
@@ -737,14 +739,14 @@ def test_chatgpt_web_follow_up_waits_for_its_own_account(make_server, admin, fak
 # -- per-account limits ------------------------------------------------------------------------
 
 
-def test_max_concurrent_is_never_exceeded_under_64_callers(make_server, admin, fakes):
+def test_max_concurrent_is_never_exceeded_under_64_callers(make_server, admin, fakes, database):
     """64 concurrent new conversations over accounts limited to 3 and 2 at once: every one is answered,
     and neither upstream ever sees more than its limit in flight (but does reach it)."""
     a, b = fakes(2)
     for fake in (a, b):
         fake.reply_text, fake.stream_delay = "one two three four", 0.04
     accounts = [openai_account(a, name="a", max_concurrent=3), openai_account(b, name="b", max_concurrent=2)]
-    server, key = start(make_server, admin, accounts, queue_timeout=30)
+    server, key = start(make_server, admin, accounts, queue_timeout=30, **database)
     with ThreadPoolExecutor(max_workers=64) as pool:
         results = list(pool.map(lambda n: timed_chat(server, key, f"q{n}")[0], range(64)))
     assert [r.status_code for r in results] == [200] * 64, [r.text for r in results if r.status_code != 200][:3]
@@ -780,12 +782,12 @@ def test_a_caller_leaving_mid_stream_lets_go_of_its_slot(make_server, admin, ope
     assert seconds < 2
 
 
-def test_rpm_limits_requests_per_minute_per_account(make_server, admin, fakes):
+def test_rpm_limits_requests_per_minute_per_account(make_server, admin, fakes, database):
     """Accounts allowed 2 and 1 requests a minute take 3 new conversations; the 4th waits queue_timeout
     and gets 503 with a Retry-After of about a minute, without reaching an upstream."""
     a, b = fakes(2)
     accounts = [openai_account(a, name="a", rpm=2), openai_account(b, name="b", rpm=1)]
-    server, key = start(make_server, admin, accounts, queue_timeout=0.4)
+    server, key = start(make_server, admin, accounts, queue_timeout=0.4, **database)
     assert [ask(server, key, f"q{n}").status_code for n in range(3)] == [200] * 3
     assert (a.chat_count, b.chat_count) == (2, 1)
     refused, seconds = timed_chat(server, key, "one too many")
@@ -830,12 +832,12 @@ def test_a_full_account_makes_callers_wait_up_to_queue_timeout(make_server, admi
         assert openai_fake.chat_count == 1
 
 
-def test_round_robin_stays_even_within_each_class(make_server, admin, openai_fake):
+def test_round_robin_stays_even_within_each_class(make_server, admin, openai_fake, database):
     """Concurrent free and plus conversations spread evenly (within one) over each class's accounts."""
     free, plus = ["f1", "f2", "f3"], ["p1", "p2"]
     accounts = [openai_account(openai_fake, name=k, api_key=k, max_concurrent=50) for k in free]
     accounts += [openai_account(openai_fake, name=k, api_key=k, plus=True, rpm=1000) for k in plus]
-    server, key = start(make_server, admin, accounts, plus=True)
+    server, key = start(make_server, admin, accounts, plus=True, **database)
     asks = [("false", n) for n in range(30)] + [("true", n) for n in range(20)]
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(lambda a: ask(server, key, f"q{a[1]}", plus=a[0]), asks))
@@ -960,13 +962,13 @@ def test_a_session_endpoint_without_a_token(make_server, admin, web_fake, sessio
 # -- alerts ------------------------------------------------------------------------------------
 
 
-def test_alerts_are_sent_once_per_event(make_server, admin, fakes, webhook):
+def test_alerts_are_sent_once_per_event(make_server, admin, fakes, webhook, database):
     """Two free accounts refused: one alert for each needing attention and one for the free class having
     none left, however many requests see it; the plus class stays quiet; a new event is a new alert."""
     a, b, p = fakes(3)
     a.fail_status = b.fail_status = 401
     accounts = [openai_account(a, name="a"), openai_account(b, name="b"), openai_account(p, name="p", plus=True)]
-    server, key = start(make_server, admin, accounts, alerts={"webhook_url": webhook.url}, from_file=True)
+    server, key = start(make_server, admin, accounts, alerts={"webhook_url": webhook.url}, from_file=True, **database)
     with ThreadPoolExecutor(max_workers=6) as pool:
         statuses = list(pool.map(lambda n: ask(server, key, f"q{n}").status_code, range(6)))
     assert set(statuses) <= {502, 503} and 502 in statuses, statuses
