@@ -184,7 +184,18 @@ def test_a_write_held_up_past_write_wait_is_a_503_not_a_500(pg_url, monkeypatch)
             holder.rollback()
         assert state.choose("c", [Candidate("x")]).name == "x"  # free again
     finally:
-        state_close = getattr(state, "close", None)
-        if state_close:
-            state_close()
+        store.close()
+
+
+def test_long_cursor_names_step_apart(pg_url):
+    """A model's cursor longer than pool_cursors.name holds (PostgreSQL enforces String(160)) is shortened
+    with a digest of the whole: it steps on, and another long name with the same start has a cursor of its own."""
+    store = SqlConversationStore(pg_url)
+    state = SqlPoolState(store, lease_seconds=30)
+    try:
+        one, two = "model:" + "m" * 300 + ":0", "model:" + "m" * 300 + ":1"
+        assert [state.next_cursor(one) for _ in range(3)] == [0, 1, 2]
+        assert state.next_cursor(two) == 0
+        assert state.next_cursor("model:short:0") == 0
+    finally:
         store.close()
