@@ -61,6 +61,11 @@ BOOL = {
 }
 INT = {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+$"}]}
 USER_ID = {"oneOf": [{"type": "string", "maxLength": 64}, {"type": "integer"}]}
+SSE = {
+    "type": "object",
+    "description": "One server-sent event: its `event` name and its `data` (JSON text, or [DONE]).",
+    "properties": {"event": STR, "data": STR, "id": STR, "retry": {"type": "integer"}},
+}
 PLUS3 = {"oneOf": [{"type": "boolean"}, {"type": "string", "description": "false, true or any"}]}
 
 
@@ -505,6 +510,9 @@ def operation(
         op["parameters"] = [{"name": n, "in": "query", "schema": s} for n, s in params.items()]
     if body is not None:
         op["requestBody"] = _body(body, form, body_required)
+    named = set(params or {}) | set((body or {}).get("properties", {}))
+    if named & {"user_id", "userid"}:  # someone else's user: 403 for a role that may not, 404 for an unknown one
+        errors = (*errors, 403, 404)
     responses = {str(ok_status): ok}
     for status, answer in (extra or {}).items():
         responses[str(status)] = answer
@@ -548,7 +556,7 @@ CHAT_OK = {
         JSON: {"schema": _ref("ChatAnswer")},
         "text/plain": {"schema": STR},
         "text/html": {"schema": STR},
-        "text/event-stream": {"schema": STR},
+        "text/event-stream": {"schema": SSE},
     },
 }
 PAGE = {"offset": INT, "limit": INT}
@@ -901,7 +909,7 @@ def _go_operations() -> dict:
             "post": operation(
                 GO,
                 "Ask (go-chatgpt-api): the web backend's event stream",
-                {"description": "The web backend's event stream.", "content": {"text/event-stream": {"schema": STR}}},
+                {"description": "The web backend's event stream.", "content": {"text/event-stream": {"schema": SSE}}},
                 (400, 401, 403, 404, 409, *UPSTREAM),
                 body=_required(
                     _fields(
@@ -997,7 +1005,7 @@ def _v1_operations() -> dict:
     """path -> {method: operation}; /v1 paths are fixed."""
     stream_or = lambda schema, what: {  # noqa: E731
         "description": what,
-        "content": {JSON: {"schema": _ref(schema)}, "text/event-stream": {"schema": STR}},
+        "content": {JSON: {"schema": _ref(schema)}, "text/event-stream": {"schema": SSE}},
     }
     chat_body = {
         "type": "object",
