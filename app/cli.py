@@ -14,7 +14,9 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 COMMANDS = ("users", "accounts", "db")
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{users,accounts,db}")
 
     users = commands.add_parser("users", help="list, create, delete users; rotate their keys")
-    users_sub = users.add_subparsers(dest="action", required=True, metavar="{list,create,delete,rotate-key}")
+    users_sub = users.add_subparsers(
+        dest="action", required=True, metavar="{list,create,delete,rotate-key,export,import}"
+    )
     listing = users_sub.add_parser("list", parents=[sub], help="list users")
     listing.add_argument("--q", metavar="TEXT", help="only users whose name, id or client's id holds TEXT")
     create = users_sub.add_parser("create", parents=[sub], help="create a user and print its key once")
@@ -67,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("user_id", metavar="USER_ID")
     rotate = users_sub.add_parser("rotate-key", parents=[sub], help="give a user a new key, printed once")
     rotate.add_argument("user_id", metavar="USER_ID")
+    export = users_sub.add_parser(
+        "export", parents=[sub], help="write every user, key hashes included, in users.json's format"
+    )
+    export.add_argument("file", metavar="FILE", nargs="?", default="-", help="where (default: standard output)")
+    imported = users_sub.add_parser(
+        "import", parents=[sub], help="add the users of an exported file (or a users.json) to this store"
+    )
+    imported.add_argument("file", metavar="FILE")
 
     accounts = commands.add_parser("accounts", help="list, enable, disable, test the pool's accounts")
     accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="{list,enable,disable,test}")
@@ -132,6 +144,8 @@ class Admin:
 
     def __enter__(self) -> Admin:
         from app import create_app
+
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
 
         app = create_app(settings_path=settings_path(self.args))
         self.services = app.extensions["services"]
@@ -325,11 +339,54 @@ def table(rows: list[dict], columns: tuple[str, ...]) -> str:
     )
 
 
+def users_export(admin: Admin, args) -> int:
+    """Every user of the configured store (users.json or the database), hashes included: the file moves
+    them to the other store with `users import` (users_store switched in between), or serves as users.json."""
+    from app.store.users_json import dump_users
+
+    everyone = admin.services.users.store.list()
+    text = dump_users(everyone)
+    if args.file == "-":
+        sys.stdout.write(text)
+    else:
+        path = Path(args.file)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:  # key hashes
+            out.write(text)
+        print(f"{len(everyone)} users written to {path}", file=sys.stderr)
+    admin.services.audit.record(admin.actor, "user.export", None, users=len(everyone))
+    return 0
+
+
+def users_import(admin: Admin, args) -> int:
+    """Add an exported file's users to the configured store as they are (ids, roles, limits, key hashes):
+    all or none; a user whose id or key is already there stops it, naming the user."""
+    from app.store.users_json import load_users
+
+    try:
+        given = load_users(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    store = admin.services.users.store
+    everyone = store.list()
+    fresh = len(everyone) == 1 and everyone[0].created_by is None and everyone[0].created_at >= admin.started
+    if fresh and given:  # the first admin this run made on an empty store: the imported users replace it
+        store.delete(everyone[0].user_id)
+    added = store.put_all(given)
+    actor = next((u for u in given if u.role == "admin"), None) if fresh else admin.actor
+    admin.services.audit.record(actor, "user.import", None, users=added)
+    if args.json:
+        return emit({"imported": added})
+    print(f"{added} users imported")
+    return 0
+
+
 HANDLERS = {
     ("users", "list"): users_list,
     ("users", "create"): users_create,
     ("users", "delete"): users_delete,
     ("users", "rotate-key"): users_rotate_key,
+    ("users", "export"): users_export,
+    ("users", "import"): users_import,
     ("accounts", "list"): accounts_list,
     ("accounts", "enable"): accounts_switch(True),
     ("accounts", "disable"): accounts_switch(False),
