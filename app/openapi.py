@@ -511,8 +511,8 @@ def operation(
     if body is not None:
         op["requestBody"] = _body(body, form, body_required)
     named = set(params or {}) | set((body or {}).get("properties", {}))
-    if named & {"user_id", "userid"}:  # someone else's user: 403 for a role that may not, 404 for an unknown one
-        errors = (*errors, 403, 404)
+    if named & {"user_id", "userid"}:  # a bad id: 400; a role that may not: 403; someone else's or unknown: 404
+        errors = (*errors, 400, 403, 404)
     responses = {str(ok_status): ok}
     for status, answer in (extra or {}).items():
         responses[str(status)] = answer
@@ -837,6 +837,12 @@ def _api_operations() -> dict:
             )
         },
     }
+    # GETs whose only parameters are in the path answer no 400 (their POSTs may: a body not an object).
+    for name in ("user", "me", "accounts", "account", "acheong_users"):
+        del ops[name]["get"]["responses"]["400"]
+    get = ops["conversation"]["get"]  # a GET reads; only a POST with title (or a PATCH) renames
+    get["parameters"] = [p for p in get["parameters"] if p["name"] != "title"]
+    del ops["account_test"]["post"]["responses"]["400"]  # it reads no parameters
     ops.update(_go_operations())
     ops.update(_gajosu_operations())
     return ops
@@ -892,7 +898,7 @@ def _go_operations() -> dict:
                 GO,
                 "One conversation (go-chatgpt-api)",
                 _json(_ref("WebConversation"), "The conversation."),
-                (400, 401, 403, 404),
+                (401, 403, 404),
                 params={"user_id": USER_ID},
             ),
             "patch": operation(
@@ -987,7 +993,7 @@ def _gajosu_operations() -> dict:
                 GAJOSU,
                 "A conversation's messages (gajosu)",
                 _json(_ref("WebConversation"), "The conversation."),
-                (400, 401, 403, 404),
+                (401, 403, 404),
             )
         },
         "gajosu_conversation": {
@@ -1030,7 +1036,7 @@ def _v1_operations() -> dict:
     }
     v1_errors = (400, 401, 403, 404, 409, *UPSTREAM)
     response_id = {"get": None, "delete": None}
-    response_id["get"] = operation(V1, "A kept response", _json(_ref("Response"), "The response."), (400, 401, 404))
+    response_id["get"] = operation(V1, "A kept response", _json(_ref("Response"), "The response."), (401, 404))
     response_id["delete"] = operation(
         V1,
         "Delete a kept response",
@@ -1038,7 +1044,7 @@ def _v1_operations() -> dict:
             {"type": "object", "required": ["id"], "properties": {"id": STR, "deleted": {"type": "boolean"}}},
             "Deleted.",
         ),
-        (400, 401, 404),
+        (401, 404),
     )
     return {
         "/v1/chat/completions": {
