@@ -841,6 +841,7 @@ def _api_operations() -> dict:
     for name in ("user", "me", "accounts", "account", "acheong_users"):
         del ops[name]["get"]["responses"]["400"]
     get = ops["conversation"]["get"]  # a GET reads; only a POST with title (or a PATCH) renames
+    get["summary"] = "Read a conversation"
     get["parameters"] = [p for p in get["parameters"] if p["name"] != "title"]
     del ops["account_test"]["post"]["responses"]["400"]  # it reads no parameters
     ops.update(_go_operations())
