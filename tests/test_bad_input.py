@@ -242,3 +242,16 @@ def test_garbage_sweep_never_500_and_never_error_with_200(make_server, admin, ca
                     if response.status_code < 400 and is_error:
                         problems.append(f"{where}: an error with a success status")
     assert not problems, f"{len(problems)} bad answers:\n" + "\n".join(problems[:40])
+
+
+def test_a_form_part_without_a_readable_name_is_a_400(server, admin):
+    """Found by schemathesis: a multipart part whose name Werkzeug cannot parse came through as the key None,
+    and PATCH /api/users/<id> sorted it with the other names (a 500)."""
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; name="a\\"\r\n\r\n1\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="zzz"\r\n\r\nbob\r\n--XX--\r\n'
+    )
+    headers = {"Authorization": f"Bearer {admin}", "Content-Type": "multipart/form-data; boundary=XX"}
+    answer = server.session.patch(server.url + "/api/users/admin", data=body, headers=headers, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert "no name" in answer.json()["message"]

@@ -433,7 +433,8 @@ def test_feedback_goes_with_its_conversation_and_its_user(server, admin, user, d
 
 
 def test_a_database_from_before_ratings_keeps_working(make_server, admin, tmp_path):
-    """A conversations.db made before message_feedback existed gets the table at start-up, nothing else changes."""
+    """A conversations.db made before message_feedback existed (and before migrations: no alembic_version)
+    gets the table at start-up, nothing else changes."""
     server = start_server(tmp_path)
     try:
         user = server.create_user(admin, "bob")
@@ -442,6 +443,7 @@ def test_a_database_from_before_ratings_keeps_working(make_server, admin, tmp_pa
         server.stop()
     with sqlite3.connect(tmp_path / "conversations.db") as db:
         db.execute("DROP TABLE message_feedback")
+        db.execute("DROP TABLE alembic_version")
     again = make_server()
     cid, mid = final["conversation_id"], final["message"]["id"]
     assert stored(again, user, cid)["messages"][0]["rating"] is None

@@ -24,6 +24,8 @@ def request_params() -> dict:
             params.update(json_object(required=False) or {})
         elif request.form:
             params.update(request.form.items())
+    if None in params or "" in params:  # a form part whose name did not parse: a field nobody can name
+        raise BadRequest("a form field has no name the server can read (check the body's Content-Disposition)")
     return params
 
 
