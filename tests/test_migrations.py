@@ -109,3 +109,20 @@ def test_processes_starting_at_once_on_a_new_database_take_turns(tmp_path):
     assert [run.returncode for run in runs] == [0] * 4, [err.decode()[-500:] for _, err in outputs]
     assert {out.decode().strip() for out, _ in outputs} == {migrate.head()}
     assert schema_differences(url) == []
+
+
+def test_the_migrations_build_exactly_the_stores_tables_on_postgresql(pg_url):
+    """The same on PostgreSQL, where column types are enforced (64-bit seconds, 160-character cursor names)."""
+    engine = create_engine(pg_url)
+    with engine.begin() as db:
+        config = migrate.alembic_config()
+        config.attributes["connection"] = db
+        command.upgrade(config, "head")
+    assert migrate.current(engine) == migrate.head()
+    with engine.connect() as db:
+        kinds = {c["name"]: str(c["type"]) for c in inspect(db).get_columns("usage_seconds")}
+        length = next(c["type"].length for c in inspect(db).get_columns("pool_cursors") if c["name"] == "name")
+    engine.dispose()
+    assert kinds["second"] == "BIGINT" and length == 160
+    assert schema_differences(pg_url) == []
+    assert migrate.upgrade_url(pg_url) == migrate.head()

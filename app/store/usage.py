@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -66,7 +67,7 @@ usage_days = Table(
     Column("subject", String(128), primary_key=True),
     Column("day", String(10), primary_key=True),
     Column("requests", Integer, nullable=False, default=0),
-    Column("tokens", Integer, nullable=False, default=0),
+    Column("tokens", BigInteger, nullable=False, default=0),  # a quota may be up to 10**12
 )
 
 # Each limited subject's requests per second of the last minute: what per-minute limits are checked against.
@@ -75,7 +76,7 @@ usage_seconds = Table(
     "usage_seconds",
     metadata,
     Column("subject", String(128), primary_key=True),
-    Column("second", Integer, primary_key=True),  # whole seconds since the epoch
+    Column("second", BigInteger, primary_key=True),  # whole seconds since the epoch (past 2038: 64 bits)
     Column("requests", Integer, nullable=False),
 )
 
