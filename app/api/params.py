@@ -24,8 +24,8 @@ def request_params() -> dict:
             params.update(json_object(required=False) or {})
         elif request.form:
             params.update(request.form.items())
-    if None in params or "" in params:  # a form part whose name did not parse: a field nobody can name
-        raise BadRequest("a form field has no name the server can read (check the body's Content-Disposition)")
+    if None in params or "" in params:  # a field without a name (`?=x`, a form part whose name did not parse)
+        params = {k: v for k, v in params.items() if k}  # is one nothing can ask for: it is left out
     return params
 
 
