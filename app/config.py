@@ -177,6 +177,7 @@ NUMBER = (int, float)
 
 USERS_STORES = ("json", "sql")
 
+
 @dataclass(frozen=True)
 class Account:
     """One upstream account as settings describe it (secrets resolved, proxy applied)."""
