@@ -38,8 +38,8 @@ def schema_differences(url: str) -> list:
 
 
 def test_the_migrations_build_exactly_the_stores_tables(tmp_path):
-    """Alembic's own `upgrade head` on an empty database (not the create-and-stamp shortcut) makes a schema
-    with no difference from the store's metadata: tables, columns, types, indexes."""
+    """Alembic's own `upgrade head` on an empty database makes a schema with no difference from the store's
+    metadata: tables, columns, types, indexes."""
     url = f"sqlite:///{tmp_path / 'migrated.db'}"
     engine = create_engine(url)
     with engine.begin() as db:

@@ -2,9 +2,8 @@
 
 `upgrade(engine)` brings any database to the newest revision, once per process, under a lock so
 that workers and instances starting at once take turns:
-- a new (empty) database gets the tables of app.store's metadata and is stamped with the newest
-  revision (Alembic's recipe for a database built from scratch; a test checks that the migrations
-  build exactly the same schema);
+- a new (empty) database is built by the migrations, first to last (tests/test_migrations.py checks
+  that they build exactly the tables of app.store's metadata);
 - a database at the newest revision is left as it is (one query);
 - anything else — a database of a release before migrations, or of an older revision — is upgraded
   in place by the migrations, keeping its data. The first migration creates only the tables that
@@ -24,7 +23,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from filelock import FileLock
-from sqlalchemy import Column, MetaData, String, Table, create_engine, inspect, text
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -67,11 +66,7 @@ def upgrade(engine: Engine | str) -> str:
     if current(engine) == newest:
         return newest
     with _exclusive(engine):
-        with engine.connect() as db:
-            tables = set(inspect(db).get_table_names())
-        if not tables:
-            _create_new(engine, newest)
-        elif current(engine) != newest:
+        if current(engine) != newest:  # still, now that this process holds the lock
             with engine.begin() as db:
                 config = alembic_config()
                 config.attributes["connection"] = db
@@ -86,15 +81,6 @@ def upgrade_url(url: str) -> str:
         return upgrade(engine)
     finally:
         engine.dispose()
-
-
-def _create_new(engine: Engine, newest: str) -> None:
-    metadata = all_metadata()
-    version = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32), primary_key=True))
-    with engine.begin() as db:
-        metadata.create_all(db)
-        version.create(db)
-        db.execute(version.insert().values(version_num=newest))
 
 
 @contextlib.contextmanager
