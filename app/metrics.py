@@ -229,6 +229,17 @@ def authorized(expected: str | None, authorization: str | None) -> bool:
 # -- several processes ---------------------------------------------------------------------------
 
 
+def warm() -> None:
+    """In a new worker: make this process's metric files (the first value of each kind creates and maps
+    one) before it takes requests, so its first answers do not wait for them."""
+    if _dir is None:
+        return
+    m = _m
+    m.child(m.requests, "/api/health", "200")
+    m.child(m.request_seconds, "/api/health")
+    m.in_flight.inc(0)
+
+
 def use_multiprocess(directory: str | os.PathLike | None = None) -> str:
     """Switch this process (gunicorn's master, before it forks) to prometheus_client's multiprocess mode.
 

@@ -6,6 +6,7 @@ settings.json, and served over real HTTP by a threaded WSGI server.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,17 @@ from werkzeug import serving
 from app import create_app
 
 ADMIN_KEY = "cas-test-admin-key-0123456789"
+
+
+def pytest_collection_finish(session):
+    """The live servers run in this process, beside every test module pytest imported (the openai SDK,
+    langchain, schemathesis...): a full garbage collection then walks all of that, and pauses every server
+    thread for 100 ms and more, which timing tests (health stays fast) read as a stalled server. Freezing
+    what collection made keeps those objects out of every later collection."""
+    gc.collect()
+    gc.freeze()
+
+
 DEMO = [{"name": "demo", "type": "demo"}]
 
 

@@ -115,8 +115,13 @@ def test_an_upstream_flood_is_a_502_and_health_stays_fast(server_on, flood):
         took = probe.stop()
     finally:
         fake.stop()
-    assert [a.status_code for a in answers] == [502] * 4, [a.text[:200] for a in answers]
-    assert all(("longer than" in a.text) or ("more than" in a.text) for a in answers), answers[0].text
+    # Each is the flood's 502; one that chose its account after the first 502 had made it rest is a 503
+    # saying when to come back (which of the four come first is the kernel's and the workers' choice).
+    flooded = [a for a in answers if a.status_code == 502]
+    assert len(answers) == 4 and flooded, [a.text[:200] for a in answers]
+    assert all(("longer than" in a.text) or ("more than" in a.text) for a in flooded), flooded[0].text
+    resting = [a for a in answers if a.status_code != 502]
+    assert all(a.status_code == 503 and a.headers.get("Retry-After") for a in resting), [a.text[:200] for a in resting]
     assert len(took) >= 5
     slowest = sorted(took)[-5:]
     assert max(took) < 0.1, f"slowest /api/health answers (ms): {[round(t * 1000) for t in slowest]}"
