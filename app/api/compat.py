@@ -7,7 +7,8 @@ from __future__ import annotations
 from flask import jsonify
 
 from app import auth
-from app.api.params import errors_as, flag, request_params, text, token
+from app.api.linweiyuan import backend_finish, backend_message
+from app.api.params import errors_as, flag, request_params, text
 from app.context import services
 from app.errors import BadRequest
 
@@ -16,16 +17,13 @@ def original_answer(answer: dict) -> dict:
     """An /api/chat answer as the original server gave it: the ChatGPT backend's final event (the reply in
     message.content.parts[0], message.id), then its api_* fields (api_user the username,
     api_response_time_taken a string)."""
-    message = {
-        "id": answer["message_id"],
-        "author": {"role": "assistant", "name": None, "metadata": {}},
-        "content": {"content_type": "text", "parts": [answer["reply"]]},
-        "status": "finished_successfully",
-        "end_turn": True,
-        "weight": 1.0,
-        "metadata": {"model_slug": answer["model"], "finish_details": {"type": answer["finish_reason"] or "stop"}},
-        "recipient": "all",
-    }
+    message = backend_message(
+        answer["message_id"],
+        answer["reply"],
+        "finished_successfully",
+        answer["model"],
+        backend_finish(answer["finish_reason"]),
+    )
     shaped = {
         "message": message,
         "conversation_id": answer["conversation_id"],
@@ -112,12 +110,9 @@ def ask():
     )
 
 
-MAX_SESSION_TOKEN = 16384  # a next-auth session cookie, even split in parts, is a few kilobytes
-
-
 def access_token_of(params: dict) -> str:
     """The access token for params' session_token; 400 naming what is missing or gone (email and password)."""
-    session_token = token(params, "session_token", max_len=MAX_SESSION_TOKEN)
+    session_token = text(params, "session_token", max_len=1 << 20)  # the service checks its size and form
     if session_token is None:
         if params.get("email") or params.get("password"):
             raise BadRequest(

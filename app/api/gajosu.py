@@ -12,8 +12,6 @@ from app.context import services
 from app.services.conversations import MAX_TITLE
 from app.services.principal import Principal
 
-FINISH = {"stop": "stop", "length": "max_tokens"}  # our finish_reason -> the web backend's finish_details type
-
 
 def gajosu_error(exc) -> dict:
     return {"error": exc.message}
@@ -35,13 +33,15 @@ def ask_item(answer: dict) -> dict:
     """An answer as revChatGPT V1's last ask() item, which the original returned as "response": the whole
     reply in message, parent_id the reply's message id (the parent of the next prompt), finish_details
     the web backend's type as a string ("stop", "max_tokens")."""
+    from app.api.linweiyuan import backend_finish
+
     return {
         "author": {"role": "assistant", "name": None, "metadata": {}},
         "message": answer["reply"],
         "conversation_id": answer["conversation_id"],
         "parent_id": answer["message_id"],
         "model": answer["model"],
-        "finish_details": FINISH.get(answer["finish_reason"] or "stop", answer["finish_reason"]),
+        "finish_details": backend_finish(answer["finish_reason"]),
         "end_turn": True,
         "recipient": "all",
         "citations": [],
@@ -63,9 +63,7 @@ def _turn(params: dict, conversation_id: str | None) -> dict:
     text(params, "parent_id", max_len=128)
     flag(params, "autocontinue")
     principal = auth.principal(params, create=True, actor=actor)
-    model = text(params, "model", max_len=128)
-    if model and model not in services().chat.models(principal):
-        model = None
+    model = services().chat.served(principal, text(params, "model", max_len=128))
     title = text(params, "title", max_len=MAX_TITLE) if conversation_id is None else None
     answer = services().chat.ask(principal, prompt, conversation_id=conversation_id, model=model, front="gajosu")
     if title and title.split():  # the original renamed the new conversation to its title

@@ -165,6 +165,11 @@ def _user_message(node_id: str, m: Message) -> dict:
     }
 
 
+def backend_finish(reason: str | None) -> str:
+    """Our finish_reason as the web backend's finish_details type."""
+    return "max_tokens" if reason == "length" else "stop"
+
+
 def backend_message(
     message_id: str,
     reply: str,
@@ -207,9 +212,7 @@ def ask():
     conversation_id = text(params, "conversation_id", max_len=64)
     text(params, "parent_message_id", max_len=64)  # read (a string, if sent), not needed: see the docstring
     principal = auth.principal(params, create=True, actor=actor)
-    model = text(params, "model", max_len=128)
-    if model and model not in services().chat.models(principal):
-        model = None  # the web backend's names (text-davinci-002-render-sha ...): the default model instead
+    model = services().chat.served(principal, text(params, "model", max_len=128))
     message_id, new_id = str(uuid.uuid4()), str(uuid.uuid4())  # the turn is stored under these
     turn = services().chat.ask_stream(
         principal, prompt, conversation_id=conversation_id, model=model, front=FRONT, ids=(message_id, new_id)
@@ -272,7 +275,7 @@ def backend_events(events: opened, message_id: str, conversation_id: str, model:
     try:
         for item in events:
             if isinstance(item, dict):
-                finish = "max_tokens" if item.get("finish_reason") == "length" else "stop"
+                finish = backend_finish(item.get("finish_reason"))
                 message = backend_message(
                     item["message_id"], item["reply"], "finished_successfully", item["model"], finish, time.time()
                 )

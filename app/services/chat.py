@@ -4,6 +4,7 @@ record it in the usage ledger, and answer in the original's shape."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +26,9 @@ from app.upstream.base import checked, clean_text
 TITLE_CHARS = 60
 RENEW_EVERY = 10.0  # seconds between renewals of a running turn's claim on its conversation
 log = logging.getLogger(__name__)
+
+MAX_SESSION_TOKEN = 16384  # a next-auth session cookie, even split in parts, is a few kilobytes
+TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")  # it travels in a Cookie header
 
 
 def short_title(text: str, most: int) -> str:
@@ -152,8 +156,14 @@ class ChatService:
         return self._run(principal, plan, ticket, front)
 
     def access_token(self, session_token: str) -> str:
-        """A fresh ChatGPT access token for a session token (the original's /api/access-token), fetched through
-        byo_account's proxy. A refused session token is the caller's to fix (400); the rest is the upstream's."""
+        """A fresh ChatGPT access token for a session token (the original's /api/access-token and its page),
+        fetched through byo_account's proxy. A refused session token is the caller's to fix (400); the rest is
+        the upstream's."""
+        if len(session_token) > MAX_SESSION_TOKEN or not TOKEN_TEXT.fullmatch(session_token):
+            raise BadRequest(
+                f"session_token must be one line of printable ASCII, at most {MAX_SESSION_TOKEN} characters",
+                param="session_token",
+            )
         try:
             return self.pool.access_token_for(session_token)
         except (UpstreamError, UpstreamTimeout) as exc:
@@ -222,6 +232,11 @@ class ChatService:
     def _reply(self, upstream: Upstream, turn: Turn) -> Iterator[Delta | Done]:
         """The upstream's reply as valid text, stopped with a 502 past max_reply_chars."""
         return checked(upstream.stream(turn), self.max_reply_chars, upstream.account.name)
+
+    def served(self, principal: Principal, model: str | None) -> str | None:
+        """model if this caller's accounts serve it, else None (the default): the originals' clients send the
+        web backend's names (text-davinci-002-render-sha ...), which mean nothing to other accounts."""
+        return model if model and model in self.models(principal) else None
 
     def models(self, principal: Principal) -> list[str]:
         """Return the models of the accounts this caller may use (plus accounts only for plus users)."""
