@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import socket
 import sys
 from pathlib import Path
 
@@ -80,6 +82,31 @@ class Server(BaseApplication):
         return self.application
 
 
+def raise_open_files_limit() -> int:
+    """Lift this process's open-files limit to the hard limit its system allows (workers inherit it):
+    every open stream holds two sockets, one to its caller and one to the upstream. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def port_free(host: str, port: int) -> OSError | None:
+    """None if host:port can be listened on; else why not. Each worker listens on a socket of its own
+    (SO_REUSEPORT), which would share a port another server already holds without a word: look first."""
+    try:
+        probe = socket.create_server((host, port))  # SO_REUSEADDR, no SO_REUSEPORT: any listener refuses it
+    except OSError as exc:
+        return exc
+    probe.close()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -100,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     host, port = args.host or settings["host"], args.port or settings["port"]
     server = settings["server"]
+    refused = port_free(host, port)
+    if refused is not None:
+        print(f"cannot listen on {host}:{port}: {refused.strerror or refused}", file=sys.stderr)
+        return 2
+    raise_open_files_limit()
     print(f"  Serving on http://{host}:{port}  (settings: {args.settings})", flush=True)
     if server["worker_class"] == "gevent" and "gevent.monkey" not in sys.modules:
         print("settings error: server.worker_class gevent needs main.py run as the program", file=sys.stderr)
@@ -125,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             # Each worker gets its own database connections (never share sockets across a fork).
             "post_fork": lambda _server, _worker: app.extensions["services"].store.close(after_fork=True),
             "control_socket_disable": True,  # no shared ~/.gunicorn socket: several instances may run
+            # Each worker listens on a socket of its own (SO_REUSEPORT): the kernel spreads new connections
+            # over them, so one worker cannot take every keep-alive connection of a burst (docs/benchmarks.md).
+            "reuse_port": True,
         },
     ).run()
     return 0

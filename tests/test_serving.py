@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import select
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from test_startup import Proc
@@ -423,3 +426,69 @@ def test_a_body_nobody_reads_is_not_drained(server, path):
     started = time.monotonic()
     assert fresh_get(server, "/api/health").status_code == 200
     assert time.monotonic() - started < 0.5
+
+
+# -- 3. every worker listens on a socket of its own ----------------------------------------------
+
+
+def listener(worker: psutil.Process, port: int) -> int | None:
+    """The inode of the socket the worker listens on the port with (one inherited from the master is shared)."""
+    for c in worker.net_connections("tcp"):
+        if c.status == "LISTEN" and c.laddr.port == port and c.fd >= 0:
+            return Path(f"/proc/{worker.pid}/fd/{c.fd}").stat().st_ino
+    return None
+
+
+def test_connections_of_a_burst_spread_over_both_workers(tmp_path):
+    """32 keep-alive connections opened at once, all left open: both workers hold some of them. With one
+    shared listening socket, the first worker to wake could accept the whole burst (issue 13)."""
+
+    settings = {**SETTINGS, "max_connections_per_address": 0, "server": {"workers": 2, "keepalive": 30}}
+    proc = start(tmp_path / "site", tmp_path, settings)
+    try:
+        workers = psutil.Process(proc.popen.pid).children()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # both workers listening, each on a socket of its own (not one inherited)
+            listening = {listener(w, proc.port) for w in workers} - {None}
+            if len(workers) == 2 and len(listening) == 2:
+                break
+            time.sleep(0.1)
+            workers = psutil.Process(proc.popen.pid).children()
+        assert len(listening) == 2, "each of the 2 workers listens on the port with a socket of its own"
+        socks = [connect(proc) for _ in range(32)]
+        for sock in socks:
+            send(sock, b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n")
+        for sock in socks:
+            assert read_answer(sock)[0] == 200
+        mine = {sock.getsockname() for sock in socks}
+        held = {w.pid: sum(1 for c in w.net_connections("tcp") if c.raddr and tuple(c.raddr) in mine) for w in workers}
+        assert sum(held.values()) == 32
+        assert min(held.values()) >= 4, held  # all 32 on one worker: 1 chance in 2**31 with the kernel's spread
+        for sock in socks:
+            sock.close()
+    finally:
+        proc.stop()
+
+
+def test_a_port_another_server_holds_is_refused_at_start(tmp_path):
+    """A port already listened on: main.py says so and exits 2, instead of sharing it (SO_REUSEPORT) with
+    whatever holds it."""
+    holder = socket.create_server(("127.0.0.1", 0))
+    try:
+        folder = tmp_path / "site"
+        folder.mkdir()
+        (folder / "settings.json").write_text(json.dumps(SETTINGS))
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "main.py", "--settings", str(folder / "settings.json"), "--port", str(port)],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+        assert "Address already in use" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        holder.close()
