@@ -47,7 +47,8 @@ def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.floor(low / step) * step
-    return [first + i * step for i in range(int(math.ceil((high - first) / step + 1e-9)) + 1)]
+    # a value just past a tick (a sample at 3.003 minutes) does not add a tick of its own
+    return [first + i * step for i in range(int(math.ceil((high - first) / step - 0.02)) + 1)]
 
 
 def label(value: float) -> str:
