@@ -64,9 +64,6 @@ from gunicorn.app.base import BaseApplication  # noqa: E402
 from app import create_app, serving  # noqa: E402
 from app.errors import ConfigError  # noqa: E402
 
-# The access log names the path only: a key sent as ?user=KEY must never reach a log.
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
-
 
 class Server(BaseApplication):
     def __init__(self, app, options: dict):
@@ -153,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             "timeout": int(server["timeout"]),
             "keepalive": int(server["keepalive"]),
             "accesslog": "-",
-            "access_log_format": ACCESS_LOG_FORMAT,
+            "access_log_format": serving.ACCESS_LOG_FORMAT,  # the path only: never a query string
             # Each worker gets its own database connections (never share sockets across a fork).
             "post_fork": lambda _server, _worker: app.extensions["services"].store.close(after_fork=True),
             "control_socket_disable": True,  # no shared ~/.gunicorn socket: several instances may run
             # Each worker listens on a socket of its own (SO_REUSEPORT): the kernel spreads new connections
             # over them, so one worker cannot take every keep-alive connection of a burst (docs/benchmarks.md).
-            "reuse_port": True,
+            "reuse_port": bool(server["reuse_port"]),
         },
     ).run()
     return 0

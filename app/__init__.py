@@ -36,6 +36,14 @@ class SessionInterface(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or super().get_cookie_secure(app)
 
+    def get_signing_serializer(self, app: Flask):
+        """Flask's serializer, made once per secret rather than on every request (it builds a signer each time)."""
+        key = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        made = getattr(self, "_serializer", None)
+        if made is None or made[0] != key:
+            made = self._serializer = (key, super().get_signing_serializer(app))
+        return made[1]
+
 
 def user_store(settings: dict, store: SqlConversationStore):
     """The users: users.json (users_store "json", the default) or the database's users table ("sql")."""

@@ -109,6 +109,9 @@ DEFAULTS = {
         "threads": 32,
         "timeout": 600,
         "keepalive": 5,
+        # Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new connections
+        # over them; false: one socket shared by all, which one busy worker may take a whole burst from.
+        "reuse_port": True,
     },
     "byo_account": {
         "base_url": "https://chatgpt.com/backend-api",

@@ -26,6 +26,7 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 from collections import Counter
 from datetime import datetime
 
@@ -33,6 +34,7 @@ import gevent
 from gevent.monkey import get_original
 from gunicorn import glogging, util
 from gunicorn.http import errors as http_errors
+from gunicorn.http import wsgi
 from gunicorn.http.message import MAX_REQUEST_LINE
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import ggevent, gthread
@@ -118,12 +120,78 @@ class RedactingStream:
         self.stream.flush()
 
 
+# The access log names the path only: a key sent as ?user=KEY must never reach a log.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
+
+
 class Logger(glogging.Logger):
     """gunicorn's logger (server.logger_class), with every handler redacting keys."""
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
         redact_handlers(self.error_log, self.access_log, logging.getLogger())
+
+    def access(self, resp, req, environ, request_time) -> None:
+        """The access line of ACCESS_LOG_FORMAT, made from its seven fields alone: gunicorn's own builds a
+        dictionary of every header and environ entry for each line (about 60 µs a request)."""
+        if self.cfg.access_log_format != ACCESS_LOG_FORMAT:
+            super().access(resp, req, environ, request_time)
+            return
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        request_id = next((v for k, v in resp.headers if k.lower() == "x-request-id"), "-")
+        ms = request_time.seconds * 1000 + request_time.microseconds // 1000
+        line = (
+            f'{environ.get("REMOTE_ADDR", "-")} "{environ.get("REQUEST_METHOD")} {environ.get("PATH_INFO")}" '
+            f"{status} {getattr(resp, 'sent', None)} {ms}ms {request_id}"
+        )
+        try:
+            self.access_log.info(line)
+        except Exception:
+            self.error(traceback.format_exc())
+
+
+class OneSendResponse(Response):
+    """gunicorn's response, its head sent together with the first piece of its body: one send, one packet
+    for a whole small answer instead of two (gunicorn sends the head on its own first)."""
+
+    _held = None
+
+    def send_headers(self):
+        """gunicorn's head, kept for the first write (close() sends it alone if no body comes)."""
+        if self.headers_sent:
+            return
+        lines = self.default_headers()
+        lines.extend(f"{k}: {v}\r\n" for k, v in self.headers)
+        self._held = util.to_bytestring("".join(lines) + "\r\n", "latin-1")
+        self.headers_sent = True
+
+    def _emit_body(self, data):
+        head, self._held = self._held, None
+        if head is None:
+            super()._emit_body(data)
+        elif self.chunked:
+            util.write(self.sock, head + b"%X\r\n%s\r\n" % (len(data), data))
+        else:
+            util.write(self.sock, head + data)
+
+    def _flush_head(self) -> None:
+        head, self._held = self._held, None
+        if head:
+            util.write(self.sock, head)
+
+    def sendfile(self, respiter):
+        if not self.headers_sent:
+            self.send_headers()
+        self._flush_head()
+        return super().sendfile(respiter)
+
+    def close(self):
+        if not self.headers_sent:
+            self.send_headers()
+        self._flush_head()
+        super().close()
 
 
 # -- gunicorn's own error answers ---------------------------------------------------------------
@@ -445,6 +513,7 @@ def configure(settings: dict) -> None:
     """Hand the workers their limits from settings (called in the master, before the workers fork)."""
     GeventWorker.max_connections_per_address = int(settings["max_connections_per_address"])
     GeventWorker.head_timeout = float(settings["body_timeout"])
+    wsgi.Response = OneSendResponse  # what gunicorn's wsgi.create() makes for every request, in every worker
     metrics.use_multiprocess()  # each worker writes its metrics to files of its own; a scrape sums them all
 
 

@@ -1,13 +1,22 @@
 """The benchmark's load generator: a small asyncio HTTP/1.1 client, one event loop, no threads.
 
 Each worker keeps one keep-alive connection and sends requests back to back; a stream's timings
-are taken as its bytes arrive. Used by bench/run.py.
+are taken as its bytes arrive. bench/run.py runs each measured cell in a process of its own:
+
+    python3 bench/loadgen.py --port P --request-file F --total N --concurrency C --marker M [--streams]
+
+prints one JSON object (the cell's numbers, every latency, and this process's own CPU seconds), so
+the measuring driver's own work (sampling processes, printing) never shares a process, or a GIL,
+with the clock that times the server.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -86,10 +95,16 @@ class CellResult:
     ttfb: float
     text: float  # p50 to the first reply text
     errors: Counter = field(default_factory=Counter)
+    cpu: float = 0.0  # CPU seconds the load generator used (set when it ran in a process of its own)
 
 
 async def run_cell(
-    host: str, port: int, request: bytes | Callable[[int], bytes], total: int, concurrency: int, done_marker: bytes
+    host: str,
+    port: int,
+    request: bytes | Callable[[int], bytes],
+    total: int,
+    concurrency: int,
+    done_marker: bytes,
 ) -> CellResult:
     """Send `total` copies of `request` from `concurrency` workers, each on its own keep-alive
     connection; a reply counts when it is a 200 whose body holds done_marker.
@@ -213,3 +228,42 @@ async def timed_get(host: str, port: int, path: str, timeout: float) -> float | 
     finally:
         close(conn)
     return reply.seconds * 1000 if reply.status == 200 else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--request-file", required=True, help="the raw request, sent as it is")
+    parser.add_argument("--total", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--marker", required=True, help="what a complete answer holds")
+    parser.add_argument("--warm", type=int, default=2, help="requests per connection, first, not counted")
+    parser.add_argument("--streams", action="store_true", help="open --total streams at once, each on a connection")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds before a stream counts as failed")
+    args = parser.parse_args()
+    request = open(args.request_file, "rb").read()  # noqa: SIM115 - read whole, at once
+    marker = args.marker.encode()
+    if args.streams:
+        go()
+        cpu = time.process_time()
+        streamed = asyncio.run(many_streams(args.host, args.port, request, args.total, marker, args.timeout))
+        out = {**streamed.__dict__, "errors": dict(streamed.errors), "cpu": time.process_time() - cpu}
+    else:
+        if args.warm:
+            asyncio.run(run_cell(args.host, args.port, request, args.warm * args.concurrency, args.concurrency, marker))
+        go()
+        cpu = time.process_time()
+        result = asyncio.run(run_cell(args.host, args.port, request, args.total, args.concurrency, marker))
+        out = {**result.__dict__, "errors": dict(result.errors), "cpu": time.process_time() - cpu}
+    json.dump(out, sys.stdout)
+
+
+def go() -> None:
+    """Say "ready" and wait for "go" on stdin, so the driver starts its CPU meters when the clock starts."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+if __name__ == "__main__":
+    main()

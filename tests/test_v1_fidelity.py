@@ -545,6 +545,21 @@ def test_an_upstream_refusal_is_scrubbed_of_the_accounts_key(setup, fake):
     assert UPSTREAM_KEY not in raised.value.response.text and UPSTREAM_KEY[3:] not in raised.value.response.text
 
 
+def test_a_number_json_cannot_carry_is_a_400_naming_it(setup, fake):
+    """Python's JSON reader takes NaN; an upstream's cannot: the caller gets a 400 saying why, not a 5xx."""
+    server, key, _client = setup
+    body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
+    answer = server.session.post(
+        server.url + "/v1/chat/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert "NaN or Infinity" in answer.json()["error"]["message"]
+    assert fake.chats() == []
+
+
 # -- embeddings and models -----------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.cooperative import later
 from app.store.conversations import metadata, pool_cursors
+from app.store.raw import Raw
 
 account_health = Table(
     "account_health",
@@ -81,22 +82,31 @@ WINDOW = 60.0  # seconds an rpm limit counts over
 CURSOR_CHARS = pool_cursors.c.name.type.length  # a longer cursor name is shortened (PostgreSQL enforces it)
 FLUSH_AFTER = 0.05  # seconds a finished request's lease may wait for the next write before one of its own
 
-# The statements of the hot path, built once: building a statement costs more than running it on SQLite.
-_STEP = (
-    update(pool_cursors)
-    .where(pool_cursors.c.name == bindparam("n"))
-    .values(value=pool_cursors.c.value + 1)
-    .returning(pool_cursors.c.value)
-)
-_HEALTH_OF = select(account_health).where(account_health.c.name.in_(bindparam("names", expanding=True)))
-_LEASE = insert(account_leases).values(lease_id=bindparam("lease"), name=bindparam("n"), expires_at=bindparam("until"))
+# The statements of every choice, sent straight to the driver (app/store/raw.py): through SQLAlchemy a
+# choice's four statements cost several times what SQLite takes to run them.
+_STEP = Raw("UPDATE pool_cursors SET value = value + 1 WHERE name = ? RETURNING value")
+_HEALTH_COLUMNS = [c.name for c in account_health.columns]
+_LEASE = Raw("INSERT INTO account_leases (lease_id, name, expires_at) VALUES (?, ?, ?)")
 _UNLEASE = delete(account_leases).where(account_leases.c.lease_id == bindparam("lease"))
-_UNLEASE_MANY = delete(account_leases).where(account_leases.c.lease_id.in_(bindparam("leases", expanding=True)))
-_USED = (
-    update(account_health)
-    .where(account_health.c.name == bindparam("n"))
-    .values(requests=account_health.c.requests + 1, last_used=bindparam("now"))
+_USED = Raw("UPDATE account_health SET requests = requests + 1, last_used = ? WHERE name = ?")
+_NEW_HEALTH = Raw(
+    "INSERT INTO account_health (name, state, backoff, requests, errors) VALUES (?, 'ok', 0.0, 0, 0) "
+    "ON CONFLICT DO NOTHING"
 )
+_LISTED: dict = {}  # (statement, placeholders) -> Raw, for the statements that take a list
+
+
+def _listed(template: str, count: int) -> Raw:
+    """template with its {} filled by count placeholders (one statement per list length, made once)."""
+    key = (template, count)
+    made = _LISTED.get(key)
+    if made is None:
+        made = _LISTED[key] = Raw(template.format(", ".join("?" * count)))
+    return made
+
+
+_HEALTH_OF = "SELECT " + ", ".join(_HEALTH_COLUMNS) + " FROM account_health WHERE name IN ({})"  # noqa: S608 - column names
+_UNLEASE_MANY = "DELETE FROM account_leases WHERE lease_id IN ({})"
 _OLD_HITS = delete(account_hits).where(account_hits.c.name == bindparam("n"), account_hits.c.at <= bindparam("before"))
 _NTH_HIT = (  # the rpm-th most recent request of the last minute, if there are that many
     select(account_hits.c.at)
@@ -195,7 +205,7 @@ class SqlPoolState:
         """choose()'s work, inside its transaction."""
         names = [c.name for c in candidates]
         start = _advance(db, cursor) if cursor else 0
-        rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
+        rows = _health_rows(db, names)
         healthy, soonest, limited = [], None, True
         for candidate in candidates:
             health = _health(rows.get(candidate.name), candidate.name)
@@ -214,12 +224,12 @@ class SqlPoolState:
                 soonest = _earliest(soonest, now + wait)
                 continue
             lease = uuid.uuid4().hex
-            db.execute(_LEASE, {"lease": lease, "n": candidate.name, "until": now + self.lease_seconds})
+            _LEASE.run(db, lease, candidate.name, now + self.lease_seconds)
             if candidate.rpm:
                 db.execute(insert(account_hits).values(name=candidate.name, at=now))
             if candidate.name not in rows:
-                _insert_missing(db, account_health, name=candidate.name, state="ok", backoff=0.0, requests=0, errors=0)
-            db.execute(_USED, {"n": candidate.name, "now": now})
+                _NEW_HEALTH.run(db, candidate.name)
+            _USED.run(db, now, candidate.name)
             return Choice(candidate.name, lease, health.healing, usable)
         return Choice(None, None, False, usable, soonest, rate_limited=limited and usable == 0 and bool(candidates))
 
@@ -242,7 +252,7 @@ class SqlPoolState:
         try:
             with self._store.write() as db:
                 if done:
-                    db.execute(_UNLEASE_MANY, {"leases": done})
+                    _listed(_UNLEASE_MANY, len(done)).run(db, *done)
                 yield db
         except BaseException:
             with self._pending_lock:
@@ -318,8 +328,8 @@ class SqlPoolState:
     def used(self, name: str) -> None:
         """Count a request sent outside choose() (an admin's test)."""
         with self._store.write() as db:
-            _insert_missing(db, account_health, name=name, state="ok", backoff=0.0, requests=0, errors=0)
-            db.execute(_USED, {"n": name, "now": time.time()})
+            _NEW_HEALTH.run(db, name)
+            _USED.run(db, time.time(), name)
 
     def reset(self, name: str) -> None:
         """Clear an account's cooldown, backoff and needs-attention (an admin re-enabled or fixed it)."""
@@ -345,7 +355,7 @@ class SqlPoolState:
         self.flush()  # this process's finished requests are not in flight
         now = time.time()
         with self._store.engine.connect() as db:
-            rows = {r.name: r for r in db.execute(_HEALTH_OF, {"names": names})}
+            rows = _health_rows(db, names)
             flying = dict(
                 db.execute(
                     select(account_leases.c.name, func.count())
@@ -384,11 +394,31 @@ def _advance(db, name: str) -> int:
     """Inside a write transaction: step the named cursor on and return its old value."""
     if len(name) > CURSOR_CHARS:  # a long model's cursor: its name, cut, and a digest of the whole
         name = name[: CURSOR_CHARS - 41] + ":" + hashlib.sha1(name.encode()).hexdigest()  # noqa: S324
-    value = db.execute(_STEP, {"n": name}).scalar()
-    if value is None:  # its first use
+    row = _STEP.run(db, name).fetchone()
+    if row is None:  # its first use
         _insert_missing(db, pool_cursors, name=name, value=0)
-        value = db.execute(_STEP, {"n": name}).scalar_one()
-    return value - 1
+        row = _STEP.run(db, name).fetchone()
+    return row[0] - 1
+
+
+class _HealthRow(tuple):
+    """One account_health row as the driver gives it, read by column name."""
+
+    __slots__ = ()
+
+    def __getattr__(self, column: str):
+        try:
+            return self[_HEALTH_COLUMNS.index(column)]
+        except ValueError:
+            raise AttributeError(column) from None
+
+
+def _health_rows(db, names: list[str]) -> dict:
+    """The named accounts' health rows (those that have one), by name."""
+    if not names:
+        return {}
+    found = _listed(_HEALTH_OF, len(names)).run(db, *names).fetchall()
+    return {row[0]: _HealthRow(row) for row in found}
 
 
 def _insert_missing(db, table: Table, **values) -> None:
