@@ -105,7 +105,7 @@ DEFAULTS = {
     "server": {
         "worker_class": "gevent",
         "workers": 2,
-        "worker_connections": 1000,
+        "worker_connections": 10_000,  # per worker: open connections (each open stream holds one)
         "threads": 32,
         "timeout": 600,
         "keepalive": 5,
