@@ -167,15 +167,20 @@ class StreamsResult:
     seconds: float = 0.0  # until the last stream ended
 
 
-async def many_streams(host: str, port: int, request: bytes, count: int, done_marker: bytes, timeout: float):
-    """Open `count` streaming requests at once, each on its own new connection, and read them all."""
+async def many_streams(
+    host: str, port: int, request: bytes, count: int, done_marker: bytes, timeout: float, open_rate: float = 0
+):
+    """Open `count` streaming requests, each on its own new connection, and read them all: all at once, or
+    open_rate a second (stream i starts i / open_rate seconds in)."""
     result = StreamsResult()
     open_now = 0
     started = time.perf_counter()
 
-    async def one() -> None:
+    async def one(number: int) -> None:
         nonlocal open_now
         conn, begun = None, False
+        if open_rate:
+            await asyncio.sleep(max(0.0, started + number / open_rate - time.perf_counter()))
 
         def head_in() -> None:
             nonlocal open_now, begun
@@ -205,13 +210,13 @@ async def many_streams(host: str, port: int, request: bytes, count: int, done_ma
                 open_now -= 1
             close(conn)
 
-    async def guarded() -> None:
+    async def guarded(number: int) -> None:
         try:
-            await asyncio.wait_for(one(), timeout)
+            await asyncio.wait_for(one(number), timeout + (number / open_rate if open_rate else 0))
         except TimeoutError:
             result.errors["timeout"] += 1
 
-    await asyncio.gather(*(guarded() for _ in range(count)))
+    await asyncio.gather(*(guarded(number) for number in range(count)))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -241,13 +246,16 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=2, help="requests per connection, first, not counted")
     parser.add_argument("--streams", action="store_true", help="open --total streams at once, each on a connection")
     parser.add_argument("--timeout", type=float, default=180, help="seconds before a stream counts as failed")
+    parser.add_argument("--open-rate", type=float, default=0, help="streams opened a second (0: all at once)")
     args = parser.parse_args()
     request = open(args.request_file, "rb").read()  # noqa: SIM115 - read whole, at once
     marker = args.marker.encode()
     if args.streams:
         go()
         cpu = time.process_time()
-        streamed = asyncio.run(many_streams(args.host, args.port, request, args.total, marker, args.timeout))
+        streamed = asyncio.run(
+            many_streams(args.host, args.port, request, args.total, marker, args.timeout, args.open_rate)
+        )
         out = {**streamed.__dict__, "errors": dict(streamed.errors), "cpu": time.process_time() - cpu}
     else:
         if args.warm:

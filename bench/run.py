@@ -290,14 +290,15 @@ class Generator:
     def __init__(self, folder: Path):
         self.folder, self.made = folder, 0
 
-    def run(self, groups: dict, port: int, request: bytes, total: int, conc: int, marker: bytes, streams=False):
-        """Run it; return (its JSON answer, CPU % of each group over the measured part, that part's seconds)."""
+    def run(self, groups: dict, port: int, request: bytes, total: int, conc: int, marker: bytes, streams=None):
+        """Run it; return (its JSON answer, CPU % of each group over the measured part, that part's seconds).
+        streams: None for a cell; else a burst of `total` streams, opened that many a second (0: all at once)."""
         self.made += 1
         path = self.folder / f"request-{self.made}.http"
         path.write_bytes(request)
         command = [sys.executable, str(BENCH / "loadgen.py"), "--port", str(port), "--request-file", str(path)]
         command += ["--total", str(total), "--concurrency", str(conc), "--marker", marker.decode()]
-        command += ["--streams", "--timeout", "180"] if streams else []
+        command += ["--streams", "--timeout", "180", "--open-rate", str(streams)] if streams is not None else []
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if child.stdout.readline().strip() != "ready":
             raise SystemExit("the load generator did not start")
@@ -479,7 +480,8 @@ async def streams(args, routes: Routes, groups: dict, gen: Generator) -> dict:
         return list(await asyncio.gather(*probes))
 
     sampler, prober = asyncio.create_task(sample()), asyncio.create_task(health())
-    answer, cpu = await asyncio.to_thread(gen.run, groups, port, request, args.streams, 1, done, True)
+    rate = args.streams / args.stream_open_seconds if args.stream_open_seconds else 0.0
+    answer, cpu = await asyncio.to_thread(gen.run, groups, port, request, args.streams, 1, done, rate)
     finished.set()
     await sampler
     probes = await prober
@@ -490,7 +492,9 @@ async def streams(args, routes: Routes, groups: dict, gen: Generator) -> dict:
     print()
     print(
         f"{args.streams} streams at once through {route} (each {args.stream_chunks} chunks, one every "
-        f"{args.stream_interval_ms} ms: {seconds:g} s alone), from a load generator of their own:"
+        f"{args.stream_interval_ms} ms: {seconds:g} s alone), opened "
+        + (f"over {args.stream_open_seconds:g} s" if args.stream_open_seconds else "all at once")
+        + ", from a load generator of their own:"
     )
     print(f"  completed correctly  {answer['ok']} of {args.streams}")
     kinds = ", ".join(f"{name} {count}" for name, count in answer["errors"].most_common())
@@ -587,8 +591,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs=2, default=[1, 32], metavar=("LOW", "HIGH"))
     parser.add_argument("--streams", type=int, help="streams held open at once (default 10000; --quick 500)")
     parser.add_argument("--streams-route", choices=("api", "v1"), default="v1", help="the route the streams use")
-    parser.add_argument("--stream-chunks", type=int, default=20, help="chunks in each slow stream")
+    parser.add_argument("--stream-chunks", type=int, help="chunks in each slow stream (default 25; --quick 20)")
     parser.add_argument("--stream-interval-ms", type=int, help="between a slow stream's chunks (default 1000)")
+    parser.add_argument(
+        "--stream-open-seconds", type=float, help="streams are opened evenly over this long (default 20; 0: at once)"
+    )
     parser.add_argument("--wrk-seconds", type=int, default=5, help="each wrk cell's length (0: no wrk)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
     parser.add_argument("--worker-class", choices=("gthread", "gevent"), help="server.worker_class")
@@ -600,6 +607,9 @@ def main() -> None:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.streams = args.streams or (500 if args.quick else 10_000)
     args.stream_interval_ms = args.stream_interval_ms or (100 if args.quick else 1000)
+    if args.stream_open_seconds is None:
+        args.stream_open_seconds = 0 if args.quick else 20
+    args.stream_chunks = args.stream_chunks or (20 if args.quick else 25)
     args.capacity_requests = 4000 if args.quick else 10_000  # the fake is fast: enough for ~1 s
 
     limit = raise_fd_limit()  # before the server starts, so it inherits the raised limit too

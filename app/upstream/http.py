@@ -36,6 +36,9 @@ FRAGMENT = 8  # a run this long of a secret is redacted wherever it shows (an ec
 # What sending, or reading a body, can raise when the connection fails: urllib3's and the socket's.
 BROKEN = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 USER_AGENT = "chatgpt-api-server"
+POOL_SIZE = 1024  # idle upstream connections one account keeps per host
+# urllib3 warns for every connection it drops past POOL_SIZE: thousands of lines while thousands of streams end.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)
 CALLER_FAULTS = (400, 404, 409, 413, 422)  # the request's own fault: they say nothing about the account
 SCRUB_CHARS = 4000  # upstream text is cut to this before scrubbing (scrubbing is linear; callers cut further)
@@ -87,7 +90,9 @@ class HttpClient:
         self.timeout = (float(timeouts["connect"]), float(timeouts["read"]))
         self._timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         self.max_line_bytes = max_line_bytes
-        self.pools = _manager(account.proxy, maxsize=64)  # never one from the environment: the account's, or none
+        # Connections kept for reuse, per host: more streams at once than this open connections of their own,
+        # dropped after (never one from the environment: the account's proxy, or none).
+        self.pools = _manager(account.proxy, maxsize=POOL_SIZE)
         self._pools: dict[str, tuple] = {}  # url -> (its host's pool, its path)
         self._secrets = [account.api_key, account.access_token, account.session_token, *_proxy_secrets(account.proxy)]
         self.scrub = Scrubber(self._secrets)
