@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -171,8 +172,8 @@ def _sqlite_pragmas(busy_ms: int):
     return apply
 
 
-def _locked(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
+def _locked(exc: Exception) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
     return "locked" in text or "busy" in text
 
 
@@ -329,10 +330,11 @@ class SqlConversationStore:
         deadline, pause = time.monotonic() + WRITE_WAIT, 0.001
         while True:
             db = self._writer.connect()
-            try:
-                db.exec_driver_sql("BEGIN IMMEDIATE")
+            driver = db.connection.driver_connection  # BEGIN and COMMIT straight to sqlite3: SQLAlchemy's
+            try:  # wrappers around the two cost more than SQLite's own work for a small transaction
+                driver.execute("BEGIN IMMEDIATE")
                 break
-            except OperationalError as exc:
+            except (OperationalError, sqlite3.OperationalError) as exc:
                 db.close()
                 if not _locked(exc):
                     raise
@@ -347,13 +349,13 @@ class SqlConversationStore:
             pending = self._run_deferred(db)
             yield db
         except BaseException:
-            db.rollback()
+            driver.rollback()
             self._put_back(pending)
             raise
         else:
-            db.commit()
+            driver.commit()
         finally:
-            db.close()
+            db.close()  # also ends SQLAlchemy's own record of a transaction, if a statement through it began one
 
     # -- conversations -------------------------------------------------------------------
 
