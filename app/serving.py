@@ -9,6 +9,9 @@
 - `Logger` and `RedactFilter` keep keys out of every log: query strings after a path, `name=value`
   for the parameters that carry keys, `Bearer …`, and anything shaped like our keys (`cas-…`) or
   OpenAI's (`sk-…`) are replaced, in messages and in exception text alike.
+- `OneSendResponse` sends a response's head with the first piece of its body (one packet for a small
+  answer), and `Logger.access` writes the access line from its seven fields, not from gunicorn's
+  dictionary of every header (issue 13's profile).
 - Metrics across workers (app/metrics.py): `configure` switches prometheus_client to multiprocess
   mode in the master before it forks, and `MetricsHooks.check_config` (gunicorn calls it in the
   master) adds a child_exit hook that drops a dead worker's in-flight gauge.
