@@ -323,17 +323,18 @@ class Pool:
 
     # -- what is known -----------------------------------------------------------------------
 
-    def report(self) -> list[tuple[Account, Health, str]]:
-        """Every configured account with its health and its state, in settings order."""
+    def report(self, in_flight: bool = True) -> list[tuple[Account, Health, str]]:
+        """Every configured account with its health and its state, in settings order (in_flight False: without
+        counting requests in flight, which needs a write first; states alone need none)."""
         accounts = list(self.accounts.values())  # one view: configure() may swap the dict meanwhile
-        healths = self.state.health([a.name for a in accounts])
+        healths = self.state.health([a.name for a in accounts], in_flight=in_flight)
         now = time.time()
         return [(a, healths[a.name], healths[a.name].current_state(now) if a.enabled else "disabled") for a in accounts]
 
     def counts(self) -> dict[str, int]:
         """How many accounts are in each state."""
         counts = dict.fromkeys(STATES, 0)
-        for _account, _health, state in self.report():
+        for _account, _health, state in self.report(in_flight=False):  # /api/health: no write, however busy
             counts[state] += 1
         return counts
 

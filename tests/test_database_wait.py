@@ -86,3 +86,16 @@ def test_a_write_that_waits_too_long_is_a_503(server, user, tmp_path, monkeypatc
     assert response.json()["code"] == "busy"
     assert response.headers["Retry-After"] == "2"
     assert server.chat(user["api_key"], "and now")["reply"]  # the lock is free again
+
+
+def test_health_answers_while_another_writer_holds_the_lock(server, user, tmp_path, database):
+    """/api/health reads the accounts' states only: a load balancer's check never waits for the write lock,
+    even just after a turn whose finished lease this worker has yet to write (issue 13: health under load)."""
+    assert server.chat(user["api_key"], "leave a lease to write")["reply"]
+    with write_lock_held(database.get("database_url", tmp_path / "conversations.db"), 1.5):
+        started = time.monotonic()
+        health = server.get("/api/health")
+        took = time.monotonic() - started
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok"
+    assert took < 0.5, f"/api/health waited {took:.2f} s for another writer"

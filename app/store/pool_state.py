@@ -350,8 +350,13 @@ class SqlPoolState:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def health(self, names: list[str]) -> dict[str, Health]:
-        """Every named account's health and requests in flight (accounts never used read as fresh)."""
+    def health(self, names: list[str], in_flight: bool = True) -> dict[str, Health]:
+        """Every named account's health and requests in flight (accounts never used read as fresh); in_flight
+        False leaves the count out (0), and with it the write that settles this process's finished requests."""
+        if not in_flight:
+            with self._store.engine.connect() as db:
+                rows = _health_rows(db, names)
+            return {n: _health(rows.get(n), n) for n in names}
         self.flush()  # this process's finished requests are not in flight
         now = time.time()
         with self._store.engine.connect() as db:
