@@ -179,21 +179,19 @@ class OneSendResponse(Response):
         else:
             util.write(self.sock, head + data)
 
-    def _flush_head(self) -> None:
+    def _head_out(self) -> None:
+        """Send the head now, alone (a file follows, or no body comes at all)."""
+        self.send_headers()
         head, self._held = self._held, None
         if head:
             util.write(self.sock, head)
 
     def sendfile(self, respiter):
-        if not self.headers_sent:
-            self.send_headers()
-        self._flush_head()
+        self._head_out()
         return super().sendfile(respiter)
 
     def close(self):
-        if not self.headers_sent:
-            self.send_headers()
-        self._flush_head()
+        self._head_out()
         super().close()
 
 

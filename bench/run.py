@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import socket
 import statistics
@@ -184,12 +183,10 @@ def start_fake(folder: Path, options: tuple[str, ...] = (), name: str = "fake") 
 
 
 def raise_fd_limit() -> int:
-    """1,000 streams need 1,000 sockets here (and more in the server, which inherits the limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    """10,000 streams need 10,000 sockets here: main.py's own lift of the open-files limit, for this process."""
+    from main import raise_open_files_limit  # main.py patches nothing and serves nothing when imported
+
+    return raise_open_files_limit()
 
 
 def family(pid: int) -> list[psutil.Process]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import jsonify
 
 from app import auth
-from app.api.linweiyuan import backend_finish, backend_message
+from app.api.backend import backend_finish, backend_message
 from app.api.params import errors_as, flag, request_params, text
 from app.context import services
 from app.errors import BadRequest

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Response, jsonify
 
 from app import auth
+from app.api.backend import backend_finish
 from app.api.params import errors_as, flag, number, request_params, text
 from app.context import services
 from app.services.conversations import MAX_TITLE
@@ -33,8 +34,6 @@ def ask_item(answer: dict) -> dict:
     """An answer as revChatGPT V1's last ask() item, which the original returned as "response": the whole
     reply in message, parent_id the reply's message id (the parent of the next prompt), finish_details
     the web backend's type as a string ("stop", "max_tokens")."""
-    from app.api.linweiyuan import backend_finish
-
     return {
         "author": {"role": "assistant", "name": None, "metadata": {}},
         "message": answer["reply"],

@@ -18,6 +18,7 @@ from flask import jsonify, request
 
 from app import auth
 from app.api import gajosu
+from app.api.backend import backend_finish, backend_message
 from app.api.params import choice, errors_as, flag, number, request_params, text
 from app.context import services
 from app.errors import AppError, BadRequest
@@ -161,38 +162,6 @@ def _user_message(node_id: str, m: Message) -> dict:
         "end_turn": None,
         "weight": 1.0,
         "metadata": {"timestamp_": "absolute"},
-        "recipient": "all",
-    }
-
-
-def backend_finish(reason: str | None) -> str:
-    """Our finish_reason as the web backend's finish_details type."""
-    return "max_tokens" if reason == "length" else "stop"
-
-
-def backend_message(
-    message_id: str,
-    reply: str,
-    status: str,
-    model: str | None,
-    finish: str | None,
-    created: float | None = None,
-) -> dict:
-    """An assistant message as the web backend sends it (in its stream and in a conversation)."""
-    return {
-        "id": message_id,
-        "author": {"role": "assistant", "name": None, "metadata": {}},
-        "create_time": created,
-        "update_time": None,
-        "content": {"content_type": "text", "parts": [reply]},
-        "status": status,
-        "end_turn": True if status == "finished_successfully" else None,
-        "weight": 1.0,
-        "metadata": {
-            "model_slug": model,
-            "finish_details": {"type": finish} if finish else None,
-            "timestamp_": "absolute",
-        },
         "recipient": "all",
     }
 

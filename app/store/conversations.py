@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from app.cooperative import later
 from app.errors import Busy, Conflict, NotFound, Unauthorized
-from app.store.raw import Raw
+from app.store.raw import Raw, insert_into
 
 log = logging.getLogger(__name__)
 
@@ -562,30 +562,18 @@ class SqlConversationStore:
 
 # A turn's writes, sent straight to the driver (app/store/raw.py): storing a new conversation through
 # SQLAlchemy cost about 700 µs, most of it SQLAlchemy's own (issue 13's profile).
-_CONVERSATION_COLUMNS = [c.name for c in conversations.columns]
-_MESSAGE_COLUMNS = [c.name for c in messages.columns]
-_NEW_CONVERSATION = Raw(
-    f"INSERT INTO conversations ({', '.join(_CONVERSATION_COLUMNS)}) VALUES ({', '.join('?' * len(_CONVERSATION_COLUMNS))})"  # noqa: S608, E501 - column names
-)
-_NEW_MESSAGE = Raw(
-    f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))})"  # noqa: S608 - column names
-)
+_NEW_CONVERSATION, _CONVERSATION_COLUMNS = insert_into(conversations)
+_NEW_MESSAGE, _MESSAGE_COLUMNS = insert_into(messages)
 _RETIRED = Raw("SELECT 1 FROM retired_users WHERE user_id = ? AND retired_at >= ? LIMIT 1")
 _LAST_ID = Raw(
     "SELECT message_id FROM messages WHERE conversation_id = ? ORDER BY created_at DESC, message_id DESC LIMIT 1"
 )
-_TOUCHES: dict[tuple, Raw] = {}
 
 
 def _touch(columns: tuple) -> Raw:
     """UPDATE of the named columns of one conversation of one owner (one statement per set of columns)."""
-    made = _TOUCHES.get(columns)
-    if made is None:
-        assigned = ", ".join(f"{name} = ?" for name in columns)
-        made = _TOUCHES[columns] = Raw(
-            f"UPDATE conversations SET {assigned} WHERE conversation_id = ? AND owner_id = ?"  # noqa: S608 - column names
-        )
-    return made
+    assigned = ", ".join(f"{name} = ?" for name in columns)
+    return Raw.once(f"UPDATE conversations SET {assigned} WHERE conversation_id = ? AND owner_id = ?")  # noqa: S608
 
 
 def _insert_message(db, message: Message) -> None:

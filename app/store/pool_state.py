@@ -8,6 +8,7 @@ candidates' health and room are read, and the chosen account's lease and request
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import threading
@@ -35,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.cooperative import later
 from app.store.conversations import metadata, pool_cursors
-from app.store.raw import Raw
+from app.store.raw import Raw, marks
 
 account_health = Table(
     "account_health",
@@ -93,18 +94,6 @@ _NEW_HEALTH = Raw(
     "INSERT INTO account_health (name, state, backoff, requests, errors) VALUES (?, 'ok', 0.0, 0, 0) "
     "ON CONFLICT DO NOTHING"
 )
-_LISTED: dict = {}  # (statement, placeholders) -> Raw, for the statements that take a list
-
-
-def _listed(template: str, count: int) -> Raw:
-    """template with its {} filled by count placeholders (one statement per list length, made once)."""
-    key = (template, count)
-    made = _LISTED.get(key)
-    if made is None:
-        made = _LISTED[key] = Raw(template.format(", ".join("?" * count)))
-    return made
-
-
 _HEALTH_OF = "SELECT " + ", ".join(_HEALTH_COLUMNS) + " FROM account_health WHERE name IN ({})"  # noqa: S608 - column names
 _UNLEASE_MANY = "DELETE FROM account_leases WHERE lease_id IN ({})"
 _OLD_HITS = delete(account_hits).where(account_hits.c.name == bindparam("n"), account_hits.c.at <= bindparam("before"))
@@ -252,7 +241,7 @@ class SqlPoolState:
         try:
             with self._store.write() as db:
                 if done:
-                    _listed(_UNLEASE_MANY, len(done)).run(db, *done)
+                    Raw.once(_UNLEASE_MANY.format(marks(len(done)))).run(db, *done)
                 yield db
         except BaseException:
             with self._pending_lock:
@@ -353,21 +342,19 @@ class SqlPoolState:
     def health(self, names: list[str], in_flight: bool = True) -> dict[str, Health]:
         """Every named account's health and requests in flight (accounts never used read as fresh); in_flight
         False leaves the count out (0), and with it the write that settles this process's finished requests."""
-        if not in_flight:
-            with self._store.engine.connect() as db:
-                rows = _health_rows(db, names)
-            return {n: _health(rows.get(n), n) for n in names}
-        self.flush()  # this process's finished requests are not in flight
-        now = time.time()
+        if in_flight:
+            self.flush()  # this process's finished requests are not in flight
+        now, flying = time.time(), {}
         with self._store.engine.connect() as db:
             rows = _health_rows(db, names)
-            flying = dict(
-                db.execute(
-                    select(account_leases.c.name, func.count())
-                    .where(account_leases.c.name.in_(names), account_leases.c.expires_at > now)
-                    .group_by(account_leases.c.name)
-                ).all()
-            )
+            if in_flight:
+                flying = dict(
+                    db.execute(
+                        select(account_leases.c.name, func.count())
+                        .where(account_leases.c.name.in_(names), account_leases.c.expires_at > now)
+                        .group_by(account_leases.c.name)
+                    ).all()
+                )
         return {n: _health(rows.get(n), n, flying.get(n, 0)) for n in names}
 
     def claim_alert(self, event: str, until: float | None) -> bool:
@@ -406,24 +393,15 @@ def _advance(db, name: str) -> int:
     return row[0] - 1
 
 
-class _HealthRow(tuple):
-    """One account_health row as the driver gives it, read by column name."""
-
-    __slots__ = ()
-
-    def __getattr__(self, column: str):
-        try:
-            return self[_HEALTH_COLUMNS.index(column)]
-        except ValueError:
-            raise AttributeError(column) from None
+_HealthRow = collections.namedtuple("_HealthRow", _HEALTH_COLUMNS)  # one account_health row, by column name
 
 
 def _health_rows(db, names: list[str]) -> dict:
     """The named accounts' health rows (those that have one), by name."""
     if not names:
         return {}
-    found = _listed(_HEALTH_OF, len(names)).run(db, *names).fetchall()
-    return {row[0]: _HealthRow(row) for row in found}
+    found = Raw.once(_HEALTH_OF.format(marks(len(names)))).run(db, *names).fetchall()
+    return {row[0]: _HealthRow._make(row) for row in found}
 
 
 def _insert_missing(db, table: Table, **values) -> None:

@@ -34,3 +34,26 @@ class Raw:
         cursor = db.connection.driver_connection.cursor()
         cursor.execute(self._text(db.dialect.paramstyle), params)
         return cursor
+
+    @classmethod
+    def once(cls, sql: str) -> Raw:
+        """The Raw of sql, made the first time it is asked for: for statements whose text depends on the call
+        (an IN list's length, the columns an UPDATE sets), each shape built once."""
+        made = _MADE.get(sql)
+        if made is None:
+            made = _MADE[sql] = cls(sql)
+        return made
+
+
+_MADE: dict[str, Raw] = {}
+
+
+def marks(count: int) -> str:
+    """count placeholders, comma-separated: "?, ?, ?"."""
+    return ", ".join("?" * count)
+
+
+def insert_into(table) -> tuple[Raw, list[str]]:
+    """INSERT of every column of a SQLAlchemy Table, and the column names in the order it takes them."""
+    names = [c.name for c in table.columns]
+    return Raw(f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks(len(names))})"), names  # noqa: S608

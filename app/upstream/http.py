@@ -53,12 +53,11 @@ class Response:
         self.raw, self.status_code, self.reason, self.headers = raw, raw.status, raw.reason, raw.headers
 
     def close(self) -> None:
-        """Done with the body: a connection whose body was read to its end goes back to the pool."""
-        if self.raw.isclosed() or self.raw.length_remaining == 0:
-            self.raw.release_conn()
-        else:
+        """Done with the body: a connection whose body was read to its end goes back to the pool, one left
+        part-way is closed first."""
+        if not (self.raw.isclosed() or self.raw.length_remaining == 0):
             self.raw.close()
-            self.raw.release_conn()
+        self.raw.release_conn()
 
 
 def _manager(proxy: str | None, maxsize: int) -> urllib3.PoolManager:
@@ -69,26 +68,31 @@ def _manager(proxy: str | None, maxsize: int) -> urllib3.PoolManager:
     if proxy.lower().startswith("socks"):
         from urllib3.contrib.socks import SOCKSProxyManager
 
-        parts = urlsplit(proxy)  # its user and password as written in the URL are percent-encoded
-        user = unquote(parts.username) if parts.username is not None else None
-        password = unquote(parts.password) if parts.password is not None else None
+        user, password = _proxy_login(proxy)
         return SOCKSProxyManager(proxy, username=user, password=password, **options)
-    return urllib3.ProxyManager(proxy, proxy_headers=_proxy_auth(proxy), **options)
+    user, password = _proxy_login(proxy)  # urllib3 does not send an HTTP proxy's login by itself
+    auth = urllib3.make_headers(proxy_basic_auth=f"{user}:{password or ''}") if user is not None else {}
+    return urllib3.ProxyManager(proxy, proxy_headers=auth, **options)
 
 
-def _proxy_auth(proxy: str) -> dict:
-    """An HTTP proxy's Proxy-Authorization for the user and password in its URL (urllib3 does not take them itself)."""
+def _proxy_login(proxy: str) -> tuple[str | None, str | None]:
+    """The user and password in a proxy URL, decoded (the URL holds them percent-encoded)."""
     parts = urlsplit(proxy)
-    if parts.username is None:
-        return {}
-    return urllib3.make_headers(proxy_basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}")
+    return tuple(unquote(v) if v is not None else None for v in (parts.username, parts.password))
 
 
 class HttpClient:
     def __init__(self, account, timeouts: dict, max_line_bytes: int = 1_048_576):
         self.account = account
         self.timeout = (float(timeouts["connect"]), float(timeouts["read"]))
-        self._timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
+        self._options = {  # every call's: the body is read raw, as it comes; no redirect, no retry
+            "timeout": urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
+            "preload_content": False,
+            "decode_content": False,
+            "redirect": False,
+            "retries": False,
+            "assert_same_host": False,
+        }
         self.max_line_bytes = max_line_bytes
         # Connections kept for reuse, per host: more streams at once than this open connections of their own,
         # dropped after (never one from the environment: the account's proxy, or none).
@@ -116,25 +120,13 @@ class HttpClient:
             headers.setdefault("Content-Type", "application/json")
         try:
             if self.account.proxy:  # the proxy manager frames the request for its proxy
-                raw = self.pools.urlopen(method, url, **self._options(body, headers))
+                raw = self.pools.urlopen(method, url, body=body, headers=headers, **self._options)
             else:  # straight to the host's own pool: PoolManager.urlopen would parse the URL again each time
                 pool, path = self._pool(url)
-                raw = pool.urlopen(method, path, **self._options(body, headers))
+                raw = pool.urlopen(method, path, body=body, headers=headers, **self._options)
         except BROKEN as exc:
             raise self._unreachable(exc) from None
         return Response(raw)
-
-    def _options(self, body: bytes | None, headers: dict) -> dict:
-        return {
-            "body": body,
-            "headers": headers,
-            "timeout": self._timeout,
-            "preload_content": False,
-            "decode_content": False,
-            "redirect": False,
-            "retries": False,
-            "assert_same_host": False,
-        }
 
     def _pool(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
         """The connection pool of url's host, and the path to ask it for (both kept per URL: an account asks few)."""
